@@ -1,0 +1,9 @@
+"""timm-metalayers: Metalhead.jl's layer toolkit for PyTorch, and timm models built from it.
+
+``import timm_metalayers`` registers every ``metalayers_*`` model with timm and this package's
+normalisation layers with timm's norm factory.
+"""
+from . import layers
+from . import models
+
+__version__ = '0.1.0'

@@ -1,0 +1,21 @@
+"""Metalhead.jl's Layers module for PyTorch: building blocks that compose timm-style models."""
+from ._factory import ActivationFn, create_activation, create_norm, resolve_norm_layer
+from .classifier import create_classifier
+from .conv import basic_conv_bn, conv_norm
+from .drop import DropBlock, StochasticDepth, dropblock, linear_scheduler
+from .norm import ChannelLayerNorm, LayerNormV2, prenorm
+from .pool import AdaptiveMeanMaxPool, cat_channels, create_pool
+from .scale import LayerScale
+from .squeeze_excite import SqueezeExcite, squeeze_excite
+from ._registry import register_with_timm
+
+register_with_timm()
+
+__all__ = [
+    'conv_norm', 'basic_conv_bn',
+    'LayerScale', 'LayerNormV2', 'ChannelLayerNorm', 'prenorm',
+    'DropBlock', 'dropblock', 'StochasticDepth', 'linear_scheduler',
+    'AdaptiveMeanMaxPool', 'cat_channels', 'create_pool', 'create_classifier',
+    'SqueezeExcite', 'squeeze_excite',
+    'ActivationFn', 'create_activation', 'create_norm', 'resolve_norm_layer',
+]

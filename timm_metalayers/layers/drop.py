@@ -1,0 +1,154 @@
+"""Regularisers of the guide: ``DropBlock`` / ``dropblock``, ``StochasticDepth`` and ``linear_scheduler``."""
+
+import numbers
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._factory import check_positive_int, check_probability
+
+
+def _check_gamma_scale(gamma_scale: object) -> float:
+    if isinstance(gamma_scale, bool) or not isinstance(gamma_scale, numbers.Real):
+        raise TypeError(f'gamma_scale must be a number, got {gamma_scale!r}')
+    if gamma_scale < 0:
+        raise ValueError(f'gamma_scale must be >= 0, got {gamma_scale}')
+    return float(gamma_scale)
+
+
+def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_scale: float,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The training-time computation; arguments are already validated."""
+    if x.dim() != 4:
+        raise ValueError(f'dropblock expects a 4-D NCHW tensor, got shape {list(x.shape)}')
+    N, C, H, W = x.shape
+    # Clip the block to the map in every term, so a block larger than the map still gives 0 <= gamma.
+    bh, bw = min(block_size, H), min(block_size, W)
+    valid_h, valid_w = H - bh + 1, W - bw + 1
+    gamma = gamma_scale * drop_block_prob * H * W / (bh * bw) / (valid_h * valid_w)
+    gamma = min(max(gamma, 0.0), 1.0)
+    with torch.no_grad():
+        # Seeds only where a whole block fits; each seed drops the block that starts at it.
+        seeds = torch.empty((N, C, valid_h, valid_w), dtype=x.dtype, device=x.device)
+        seeds.bernoulli_(gamma, generator=generator)
+        if bh > 1 or bw > 1:
+            seeds = F.pad(seeds, (bw - 1, bw - 1, bh - 1, bh - 1))
+            dropped = F.max_pool2d(seeds, (bh, bw), stride=1)
+        else:
+            dropped = seeds
+        keep = 1.0 - dropped
+        # Rescale so the expected activation is kept; all-dropped gives zeros, never a division by zero.
+        scale = keep.numel() / keep.sum().clamp(min=1.0)
+        keep = keep * scale
+    return x * keep
+
+
+def dropblock(x: torch.Tensor, drop_block_prob: Optional[float], block_size: int, gamma_scale: float = 1.0,
+              active: bool = True, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Zero random ``block_size x block_size`` squares of each sample and channel of ``x`` (NCHW).
+
+    Args:
+        x: the input, a 4-D tensor.
+        drop_block_prob: probability of dropping a block; None or 0 returns ``x``.
+        block_size: side of the dropped squares (clipped to the feature map).
+        gamma_scale: factor on gamma, the seed rate computed as in the DropBlock paper.
+        active: False returns ``x`` unchanged (eval mode).
+        generator: a ``torch.Generator`` for reproducible masks.
+
+    Package developers use this; models use ``DropBlock``.
+    """
+    drop_block_prob = check_probability(drop_block_prob, 'drop_block_prob')
+    check_positive_int(block_size, 'block_size')
+    gamma_scale = _check_gamma_scale(gamma_scale)
+    if not active or not drop_block_prob:
+        return x
+    return _dropblock(x, drop_block_prob, block_size, gamma_scale, generator)
+
+
+class DropBlock(nn.Module):
+    """DropBlock: in training, zero contiguous square regions of the input; identity in eval.
+
+    Args:
+        drop_block_prob: probability of dropping a block (1 - the "survival probability");
+            None or 0 makes the layer an identity.
+        block_size: side of the squares to drop.
+        gamma_scale: multiplicative factor on the paper's gamma (seed rate).
+        generator: a ``torch.Generator`` for reproducible masks (None uses the global RNG).
+    """
+
+    def __init__(self, drop_block_prob: Optional[float] = 0.1, block_size: int = 7, gamma_scale: float = 1.0,
+                 *, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.drop_block_prob = check_probability(drop_block_prob, 'drop_block_prob') or 0.0
+        self.block_size = check_positive_int(block_size, 'block_size')
+        self.gamma_scale = _check_gamma_scale(gamma_scale)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f'generator must be a torch.Generator or None, got {generator!r}')
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_block_prob == 0.0:
+            return x
+        return _dropblock(x, self.drop_block_prob, self.block_size, self.gamma_scale, self.generator)
+
+    def extra_repr(self) -> str:
+        return f'drop_block_prob={self.drop_block_prob}, block_size={self.block_size}, gamma_scale={self.gamma_scale}'
+
+
+class StochasticDepth(nn.Module):
+    """Stochastic depth: in training, drop a residual branch so the input passes through the skip only.
+
+    Args:
+        p: probability of dropping (1 - the "survival probability"); None or 0 makes it an identity.
+        mode: ``"row"`` drops each sample of the batch independently, ``"batch"`` the whole batch at once.
+        generator: a ``torch.Generator`` for reproducible draws (None uses the global RNG).
+
+    Survivors are scaled by ``1 / (1 - p)``; with ``p = 1`` the output is zeros.
+    """
+
+    def __init__(self, p: Optional[float], mode: str = 'row', *, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.p = check_probability(p, 'p') or 0.0
+        if mode not in ('row', 'batch'):
+            raise ValueError(f'mode must be "row" or "batch", got {mode!r}')
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f'generator must be a torch.Generator or None, got {generator!r}')
+        self.mode = mode
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep_prob = 1.0 - self.p
+        if self.mode == 'row':
+            shape = [x.shape[0]] + [1] * (x.dim() - 1)
+        else:
+            shape = [1] * x.dim()
+        mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep_prob, generator=self.generator)
+        if keep_prob > 0.0:
+            mask = mask / keep_prob
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f'p={self.p}, mode={self.mode!r}'
+
+
+def linear_scheduler(drop_prob: Optional[float] = 0.0, *, depth: int, start_value: float = 0.0) -> list:
+    """Drop probabilities for ``depth`` blocks under the linear scaling rule.
+
+    Returns ``depth`` values evenly spaced from ``start_value`` towards ``drop_prob``, not including
+    ``drop_prob``: ``linear_scheduler(0.1, depth=4) == [0.0, 0.025, 0.05, 0.075]``.
+    ``drop_prob=None`` gives ``[None] * depth``.
+    """
+    check_positive_int(depth, 'depth', allow_zero=True)
+    if drop_prob is None:
+        return [None] * depth
+    drop_prob = check_probability(drop_prob, 'drop_prob', allow_none=False)
+    start_value = check_probability(start_value, 'start_value', allow_none=False)
+    # Rounded to 15 significant digits so 0.1 * 3 / 4 reads 0.075, not 0.07500000000000001.
+    return [float(f'{start_value + (drop_prob - start_value) * i / depth:.15g}') for i in range(depth)]
+
+
+__all__ = ['DropBlock', 'dropblock', 'StochasticDepth', 'linear_scheduler']

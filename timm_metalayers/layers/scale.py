@@ -1,0 +1,53 @@
+"""``LayerScale``: a learnable per-channel scale (CaiT, "Going deeper with Image Transformers")."""
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from ._factory import check_positive_int
+
+
+class LayerScale(nn.Module):
+    """Multiply each channel by a learnable factor initialised to ``init_value``.
+
+    Args:
+        planes: size of the channel dimension of the input.
+        init_value: initial value of every factor (the guide's λ); ``<= 0`` or None gives an identity
+            without parameters, as in Metalhead.
+        dim: the channel dimension: -1 for tokens ``(N, L, C)``, 1 for NCHW images.
+    """
+
+    def __init__(self, planes: int, init_value: Optional[float], *, dim: int = -1, device=None, dtype=None):
+        super().__init__()
+        self.planes = check_positive_int(planes, 'planes')
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f'dim must be an int, got {dim!r}')
+        if init_value is not None and (isinstance(init_value, bool) or not isinstance(init_value, (int, float))):
+            raise TypeError(f'init_value must be a number or None, got {init_value!r}')
+        self.dim = dim
+        self.init_value = init_value
+        if init_value is not None and init_value > 0:
+            self.gamma = nn.Parameter(torch.full((planes,), float(init_value), device=device, dtype=dtype))
+        else:
+            self.register_parameter('gamma', None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gamma = self.gamma
+        if gamma is None:
+            return x
+        dim = self.dim if self.dim >= 0 else x.dim() + self.dim
+        if dim < 0 or dim >= x.dim() or x.shape[dim] != self.planes:
+            raise ValueError(f'LayerScale(planes={self.planes}, dim={self.dim}) got an input of shape '
+                             f'{list(x.shape)}')
+        if dim == x.dim() - 1:
+            return x * gamma
+        shape: List[int] = [1] * x.dim()
+        shape[dim] = self.planes
+        return x * gamma.view(shape)
+
+    def extra_repr(self) -> str:
+        return f'{self.planes}, init_value={self.init_value}, dim={self.dim}'
+
+
+__all__ = ['LayerScale']

@@ -1,0 +1,52 @@
+"""Squeeze-and-excitation (Hu et al.), composed from ``conv_norm``."""
+from typing import Optional
+
+import torch
+from torch import nn
+from timm.layers import make_divisible
+
+from ._factory import ActivationArg, NormArg, check_positive_int
+from .conv import conv_norm
+
+
+class SqueezeExcite(nn.Module):
+    """Scale each channel by a gate computed from the globally pooled input.
+
+    ``reduce`` is a 1x1 ``conv_norm`` to ``rd_planes`` with ``act_layer``; ``expand`` a 1x1 ``conv_norm``
+    back to ``inplanes`` with ``gate_layer``.
+    """
+
+    def __init__(self, inplanes: int, rd_planes: int, *, act_layer: ActivationArg = 'relu',
+                 gate_layer: ActivationArg = 'sigmoid', norm_layer: NormArg = None):
+        super().__init__()
+        self.reduce = nn.Sequential(*conv_norm(1, inplanes, rd_planes, act_layer, norm_layer=norm_layer, bias=True))
+        self.expand = nn.Sequential(*conv_norm(1, rd_planes, inplanes, gate_layer, norm_layer=None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.expand(self.reduce(x.mean((2, 3), keepdim=True)))
+
+
+def squeeze_excite(inplanes: int, reduction: float = 16, *, rd_planes: Optional[int] = None, rd_divisor: int = 8,
+                   round_limit: float = 0.0, act_layer: ActivationArg = 'relu',
+                   gate_layer: ActivationArg = 'sigmoid', norm_layer: NormArg = None) -> SqueezeExcite:
+    """A squeeze-and-excitation module for ``inplanes`` channels.
+
+    Args:
+        inplanes: number of channels of the input (and output).
+        reduction: ratio of ``inplanes`` to the squeezed width.
+        rd_planes: the squeezed width; by default ``inplanes / reduction`` rounded to ``rd_divisor``.
+        rd_divisor, round_limit: rounding of the squeezed width (timm's ``make_divisible``).
+        act_layer: activation of the squeezed layer.
+        gate_layer: the gate, ``"sigmoid"`` or ``"hard_sigmoid"`` (MobileNetV3).
+        norm_layer: optional normalisation after the squeeze conv.
+    """
+    check_positive_int(inplanes, 'inplanes')
+    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or reduction <= 0:
+        raise ValueError(f'reduction must be a number > 0, got {reduction!r}')
+    if rd_planes is None:
+        rd_planes = make_divisible(inplanes / reduction, rd_divisor, round_limit=round_limit)
+    check_positive_int(rd_planes, 'rd_planes')
+    return SqueezeExcite(inplanes, rd_planes, act_layer=act_layer, gate_layer=gate_layer, norm_layer=norm_layer)
+
+
+__all__ = ['SqueezeExcite', 'squeeze_excite']

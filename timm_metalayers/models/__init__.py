@@ -1,0 +1,1 @@
+"""Reference model families built from ``timm_metalayers.layers``, registered with timm on import."""
