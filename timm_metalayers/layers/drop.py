@@ -18,20 +18,35 @@ def _check_gamma_scale(gamma_scale: object) -> float:
     return float(gamma_scale)
 
 
+def _check_4d(x: torch.Tensor, who: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f'{who} expects x to be a 4-D NCHW tensor, got a {x.dim()}-D tensor of shape '
+                         f'{list(x.shape)}')
+
+
+def _check_generator(generator: object) -> Optional[torch.Generator]:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None, got {generator!r}')
+    return generator
+
+
 def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_scale: float,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """The training-time computation; arguments are already validated."""
-    if x.dim() != 4:
-        raise ValueError(f'dropblock expects a 4-D NCHW tensor, got shape {list(x.shape)}')
+    """The training-time computation; arguments are already validated and ``x`` is 4-D."""
     N, C, H, W = x.shape
-    # Clip the block to the map in every term, so a block larger than the map still gives 0 <= gamma.
-    bh, bw = min(block_size, H), min(block_size, W)
-    valid_h, valid_w = H - bh + 1, W - bw + 1
-    gamma = gamma_scale * drop_block_prob * H * W / (bh * bw) / (valid_h * valid_w)
-    gamma = min(max(gamma, 0.0), 1.0)
-    with torch.no_grad():
-        # Seeds only where a whole block fits; each seed drops the block that starts at it.
-        seeds = torch.empty((N, C, valid_h, valid_w), dtype=x.dtype, device=x.device)
+    if drop_block_prob >= 1.0:
+        # Everything is dropped: zeros (still x times a mask, so gradients are zeros), never 0 / 0.
+        keep = torch.zeros((1, 1, 1, 1), dtype=torch.float32, device=x.device)
+    else:
+        # Clip the block to the map in every term, so a block larger than the map still gives 0 <= gamma <= 1.
+        bh, bw = min(block_size, H), min(block_size, W)
+        valid_h, valid_w = H - bh + 1, W - bw + 1
+        gamma = gamma_scale * drop_block_prob * H * W / (bh * bw) / (valid_h * valid_w)
+        gamma = min(max(gamma, 0.0), 1.0)
+        # Seeds only where a whole block fits; each seed drops the block that starts at it, so every
+        # dropped region is a union of whole (bh, bw) blocks, for odd and even sizes alike.
+        # (The mask never requires grad, so no torch.no_grad() is needed.)
+        seeds = torch.empty((N, C, valid_h, valid_w), dtype=torch.float32, device=x.device)
         seeds.bernoulli_(gamma, generator=generator)
         if bh > 1 or bw > 1:
             seeds = F.pad(seeds, (bw - 1, bw - 1, bh - 1, bh - 1))
@@ -39,10 +54,9 @@ def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_s
         else:
             dropped = seeds
         keep = 1.0 - dropped
-        # Rescale so the expected activation is kept; all-dropped gives zeros, never a division by zero.
-        scale = keep.numel() / keep.sum().clamp(min=1.0)
-        keep = keep * scale
-    return x * keep
+        # Rescale so the mean activation is kept; a mask that drops everything gives zeros, not 0 / 0.
+        keep = keep * (keep.numel() / keep.sum().clamp(min=1.0))
+    return x * keep.to(x.dtype)
 
 
 def dropblock(x: torch.Tensor, drop_block_prob: Optional[float], block_size: int, gamma_scale: float = 1.0,
@@ -50,32 +64,39 @@ def dropblock(x: torch.Tensor, drop_block_prob: Optional[float], block_size: int
     """Zero random ``block_size x block_size`` squares of each sample and channel of ``x`` (NCHW).
 
     Args:
-        x: the input, a 4-D tensor.
-        drop_block_prob: probability of dropping a block; None or 0 returns ``x``.
-        block_size: side of the dropped squares (clipped to the feature map).
+        x: the input, a 4-D NCHW tensor.
+        drop_block_prob: probability of dropping a block; None or 0 returns ``x``, 1 returns zeros.
+        block_size: side of the dropped squares (clipped to the feature map, so any size >= 1 works).
         gamma_scale: factor on gamma, the seed rate computed as in the DropBlock paper.
-        active: False returns ``x`` unchanged (eval mode).
-        generator: a ``torch.Generator`` for reproducible masks.
+        active: False returns ``x`` unchanged (what a model does in eval mode).
+        generator: a ``torch.Generator`` for reproducible masks (None uses the global RNG).
 
-    Package developers use this; models use ``DropBlock``.
+    Kept values are rescaled so the mean activation is preserved. Package developers use this;
+    models use ``DropBlock``.
     """
     drop_block_prob = check_probability(drop_block_prob, 'drop_block_prob')
     check_positive_int(block_size, 'block_size')
     gamma_scale = _check_gamma_scale(gamma_scale)
+    _check_generator(generator)
+    _check_4d(x, 'dropblock')
     if not active or not drop_block_prob:
         return x
     return _dropblock(x, drop_block_prob, block_size, gamma_scale, generator)
 
 
 class DropBlock(nn.Module):
-    """DropBlock: in training, zero contiguous square regions of the input; identity in eval.
+    """DropBlock: in training, zero contiguous square regions of the input; an exact identity in eval.
 
     Args:
-        drop_block_prob: probability of dropping a block (1 - the "survival probability");
-            None or 0 makes the layer an identity.
-        block_size: side of the squares to drop.
-        gamma_scale: multiplicative factor on the paper's gamma (seed rate).
+        drop_block_prob: probability of dropping a block (1 - the "survival probability" some papers use);
+            None or 0 makes the layer an identity, 1 zeroes everything.
+        block_size: side of the squares to drop; clipped to the feature map, so even sizes and sizes
+            larger than the map work.
+        gamma_scale: multiplicative factor on gamma, the seed rate of the DropBlock paper.
         generator: a ``torch.Generator`` for reproducible masks (None uses the global RNG).
+
+    Masks are drawn independently for every sample and channel; kept values are rescaled so the
+    mean activation is preserved. Input: a 4-D NCHW tensor.
     """
 
     def __init__(self, drop_block_prob: Optional[float] = 0.1, block_size: int = 7, gamma_scale: float = 1.0,
@@ -84,11 +105,10 @@ class DropBlock(nn.Module):
         self.drop_block_prob = check_probability(drop_block_prob, 'drop_block_prob') or 0.0
         self.block_size = check_positive_int(block_size, 'block_size')
         self.gamma_scale = _check_gamma_scale(gamma_scale)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f'generator must be a torch.Generator or None, got {generator!r}')
-        self.generator = generator
+        self.generator = _check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_4d(x, 'DropBlock')
         if not self.training or self.drop_block_prob == 0.0:
             return x
         return _dropblock(x, self.drop_block_prob, self.block_size, self.gamma_scale, self.generator)
@@ -101,22 +121,23 @@ class StochasticDepth(nn.Module):
     """Stochastic depth: in training, drop a residual branch so the input passes through the skip only.
 
     Args:
-        p: probability of dropping (1 - the "survival probability"); None or 0 makes it an identity.
-        mode: ``"row"`` drops each sample of the batch independently, ``"batch"`` the whole batch at once.
+        p: probability of dropping (1 - the "survival probability" some papers use); None or 0 makes
+            it an identity.
+        mode: ``"row"`` drops each sample of the batch independently, ``"batch"`` zeroes the whole
+            input at once.
         generator: a ``torch.Generator`` for reproducible draws (None uses the global RNG).
 
-    Survivors are scaled by ``1 / (1 - p)``; with ``p = 1`` the output is zeros.
+    In training, survivors are scaled by ``1 / (1 - p)``; with ``p = 1`` the output is zeros.
+    In eval mode it is an identity. Works on any tensor whose first dimension is the batch.
     """
 
     def __init__(self, p: Optional[float], mode: str = 'row', *, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.p = check_probability(p, 'p') or 0.0
-        if mode not in ('row', 'batch'):
+        if not isinstance(mode, str) or mode not in ('row', 'batch'):
             raise ValueError(f'mode must be "row" or "batch", got {mode!r}')
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f'generator must be a torch.Generator or None, got {generator!r}')
         self.mode = mode
-        self.generator = generator
+        self.generator = _check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
@@ -135,12 +156,17 @@ class StochasticDepth(nn.Module):
         return f'p={self.p}, mode={self.mode!r}'
 
 
-def linear_scheduler(drop_prob: Optional[float] = 0.0, *, depth: int, start_value: float = 0.0) -> list:
+def linear_scheduler(drop_prob: Optional[float] = 0.0, *, depth: int,
+                     start_value: float = 0.0) -> List[Optional[float]]:
     """Drop probabilities for ``depth`` blocks under the linear scaling rule.
+
+    Args:
+        drop_prob: the probability the schedule heads towards (not reached); None gives ``[None] * depth``.
+        depth: number of values (blocks), >= 0.
+        start_value: the first value.
 
     Returns ``depth`` values evenly spaced from ``start_value`` towards ``drop_prob``, not including
     ``drop_prob``: ``linear_scheduler(0.1, depth=4) == [0.0, 0.025, 0.05, 0.075]``.
-    ``drop_prob=None`` gives ``[None] * depth``.
     """
     check_positive_int(depth, 'depth', allow_zero=True)
     if drop_prob is None:
