@@ -1,1 +1,2 @@
 """Reference model families built from ``timm_metalayers.layers``, registered with timm on import."""
+from . import resnet

@@ -98,3 +98,44 @@ def conv_to_linear(key: str, value: torch.Tensor, target: torch.Tensor) -> torch
     if value.dim() == 4 and target.dim() == 2 and value.shape[2:] == (1, 1):
         return value.flatten(1)
     return value
+
+
+_CFG_FIELDS_NOT_COPIED = ('url', 'file', 'state_dict', 'hf_hub_filename', 'source', 'architecture', 'tag',
+                          'custom_load', 'first_conv', 'classifier')
+
+
+def timm_pretrained_cfg(timm_name: str, **overrides) -> Dict:
+    """The pretrained config of one of timm's tags (``'resnet50.a1_in1k'``), for our twin of that model.
+
+    Copies timm's preprocessing and provenance (input size, mean, std, crop, interpolation, licence, ...),
+    points ``hf_hub_id`` at timm's Hub repository, and drops its download URL so weights come from the Hub
+    as safetensors. ``overrides`` set our own fields (``first_conv``, ``classifier``).
+    """
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(timm_name)
+    if cfg is None:
+        raise ValueError(f'timm has no pretrained config named {timm_name!r}')
+    out = {k: v for k, v in cfg.to_dict(remove_source=False, remove_null=True).items()
+           if k not in _CFG_FIELDS_NOT_COPIED}
+    out['hf_hub_id'] = f'timm/{timm_name}'
+    out.update(overrides)
+    return out
+
+
+def pre_logits_depth(head: nn.Sequential) -> int:
+    """How many entries of a ``create_classifier`` head come before its last layer ``fc``."""
+    names = list(head._modules)
+    return names.index('fc') if 'fc' in names else len(names)
+
+
+def rebuild_head(old: nn.Module, new: nn.Module, reference: torch.Tensor) -> nn.Module:
+    """Finish a replacement head: keep the old hidden layer (weights, requires_grad) where its shapes
+    still fit, and match the model's device, dtype and train/eval mode. New layers are trainable."""
+    new = new.to(device=reference.device, dtype=reference.dtype)
+    old_hidden, new_hidden = getattr(old, 'hidden', None), getattr(new, 'hidden', None)
+    if old_hidden is not None and new_hidden is not None:
+        old_params, new_params = dict(old_hidden.named_parameters()), dict(new_hidden.named_parameters())
+        if {k: v.shape for k, v in old_params.items()} == {k: v.shape for k, v in new_params.items()}:
+            new.hidden = old_hidden
+    new.train(old.training)
+    return new
