@@ -36,6 +36,10 @@ class LayerNormV2(nn.LayerNorm):
         self.act = _activation_or_identity(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.normalized_shape)
+        if x.dim() < n or list(x.shape[x.dim() - n:]) != list(self.normalized_shape):
+            raise ValueError(f'LayerNormV2(size={list(self.normalized_shape)}) expects x to end in those '
+                             f'dimensions, got shape {list(x.shape)}')
         return self.act(F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps))
 
 
@@ -45,9 +49,10 @@ class ChannelLayerNorm(nn.Module):
     Numerically the same as timm's ``LayerNorm2d``; channels_last inputs stay channels_last.
 
     Args:
-        planes: number of channels of the input.
+        planes: number of channels of the input (the guide's ``sz``).
         activation: applied after the normalisation (None for none).
         eps: added to the variance before the square root (PyTorch's convention).
+        affine: learn the per-channel scale (``weight``) and shift (``bias``).
     """
 
     def __init__(self, planes: int, activation: ActivationArg = None, *, eps: float = 1e-6,
@@ -65,9 +70,11 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f'ChannelLayerNorm expects a 4-D NCHW tensor, got shape {list(x.shape)}')
+            raise ValueError(f'ChannelLayerNorm expects x to be a 4-D NCHW tensor, got a {x.dim()}-D tensor '
+                             f'of shape {list(x.shape)}')
         if x.shape[1] != self.planes:
-            raise ValueError(f'ChannelLayerNorm(planes={self.planes}) got an input with {x.shape[1]} channels')
+            raise ValueError(f'ChannelLayerNorm(planes={self.planes}) got x with {x.shape[1]} channels '
+                             f'(shape {list(x.shape)})')
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, (self.planes,), self.weight, self.bias, self.eps)
         return self.act(x.permute(0, 3, 1, 2))
