@@ -32,20 +32,29 @@ def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activatio
     check_positive_int(nclasses, 'nclasses', allow_zero=True)
     dropout_prob = check_probability(dropout_prob, 'dropout_prob')
     pool = create_pool(pool_layer)
-    if pool is not None and use_conv[0]:
-        raise ValueError('use_conv=True for the first layer needs pool_layer=None: a 1x1 conv classifier '
-                         f'works on the unpooled map, got pool_layer={pool_layer!r}')
+    first_conv = use_conv[0]
+    if pool is not None and first_conv:
+        raise ValueError(f'use_conv={use_conv[0] if len(use_conv) == 1 else tuple(use_conv)} needs pool_layer=None: '
+                         f'a 1x1 conv classifier works on the unpooled map, got pool_layer={pool_layer!r}')
+    if len(use_conv) == 2 and use_conv[1] and not use_conv[0]:
+        raise ValueError(f'use_conv={tuple(use_conv)}: a 1x1 conv output layer cannot follow a Linear hidden '
+                         'layer (there is no spatial map left); use (True, True) or (True, False)')
+    act_names = ('activation',) if hidden_planes is None else ('activations[0]', 'activations[1]')
+    acts = [create_activation(a, inplace=(i == 0 and hidden_planes is not None), argname=n)
+            for i, (a, n) in enumerate(zip(activations, act_names))]
 
     layers = OrderedDict()
     features = inplanes
-    spatial = True  # is the tensor still NCHW?
+    # Is the tensor an NCHW map? After a pool it is; without one, a conv first layer means the input is a
+    # map and a Linear first layer means the input is already (N, features).
+    spatial = pool is not None or first_conv
     if pool is not None:
         layers['global_pool'] = pool
         features *= pool_feat_mult(pool)
 
     def add_projection(name: str, outplanes: int, conv: bool) -> None:
         nonlocal features, spatial
-        if not conv and spatial and (pool is not None or 'hidden' in layers):
+        if not conv and spatial:
             layers['flatten'] = nn.Flatten(1)
             spatial = False
         layers[name] = _projection(features, outplanes, conv)
@@ -53,19 +62,20 @@ def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activatio
             features = outplanes
 
     if hidden_planes is None:
+        if pool is not None and not first_conv:
+            layers['flatten'] = nn.Flatten(1)
+            spatial = False
         if dropout_prob:
             layers['drop'] = nn.Dropout(dropout_prob)
     else:
         add_projection('hidden', hidden_planes, use_conv[0])
-        act = create_activation(activations[0], inplace=True, argname='activations[0]')
-        if act is not None:
-            layers['hidden_act'] = act
+        if acts[0] is not None:
+            layers['hidden_act'] = acts[0]
         if dropout_prob:
             layers['drop'] = nn.Dropout(dropout_prob)
     add_projection('fc', nclasses, use_conv[-1])
-    act = create_activation(activations[-1], argname='activations[-1]' if hidden_planes else 'activation')
-    if act is not None and nclasses:
-        layers['act'] = act
+    if acts[-1] is not None and nclasses:
+        layers['act'] = acts[-1]
     return nn.Sequential(layers)
 
 
@@ -83,12 +93,12 @@ def create_classifier(inplanes: int, hidden_planes: int, nclasses: int,
 
 
 def create_classifier(inplanes, *args, **kwargs):
-    """Create a classifier head: pool → flatten → [hidden layer + activation] → dropout → classes.
+    """Create a classifier head: pool → flatten → [hidden layer + activation] → dropout → output layer.
 
     Plain form ``create_classifier(inplanes, nclasses, activation=None, *, use_conv=False,
     pool_layer=avg, dropout_prob=None)``; hidden form ``create_classifier(inplanes, hidden_planes,
     nclasses, activations=("relu", None), *, use_conv=(False, False), pool_layer=avg, dropout_prob=None)``,
-    chosen by an int third argument or by ``hidden_planes=``.
+    chosen by an int third argument (or ``hidden_planes=`` / ``activations=`` as keywords).
 
     Args:
         inplanes: number of input feature maps.
@@ -99,14 +109,18 @@ def create_classifier(inplanes, *args, **kwargs):
         use_conv: use a 1x1 convolution instead of a Linear layer (a pair in the hidden form).
         pool_layer: pooling module, a timm ``global_pool`` name (``"avg"``, ``"max"``, ``"avgmax"``,
             ``"catavgmax"``, ``"meanmax"``) or ``""``/None for no pooling.
-        dropout_prob: dropout after the pool (plain form) or after the hidden layer; None for none.
+        dropout_prob: dropout right after the pool (plain form) or after the hidden layer (hidden form);
+            None for none.
+
+    A first layer with ``use_conv`` needs ``pool_layer=None`` (it works on the map); otherwise a ``ValueError``.
 
     Returns:
         An ``nn.Sequential`` with named entries ``global_pool``, ``flatten``, ``hidden``, ``hidden_act``,
         ``drop``, ``fc``, ``act`` (those that apply), so weight names never depend on dropout or pooling.
     """
-    hidden_form = 'hidden_planes' in kwargs or (
-        len(args) >= 2 and isinstance(args[1], int) and not isinstance(args[1], bool))
+    hidden_form = ('hidden_planes' in kwargs or 'activations' in kwargs
+                   or (len(args) >= 2 and isinstance(args[1], int) and not isinstance(args[1], bool))
+                   or (len(args) == 1 and 'nclasses' in kwargs))
     if hidden_form:
         return _create_hidden_classifier(inplanes, *args, **kwargs)
     return _create_plain_classifier(inplanes, *args, **kwargs)

@@ -63,11 +63,39 @@ class AdaptiveMeanMaxPool(nn.Module):
 POOL_NAMES = ('avg', 'max', 'avgmax', 'catavgmax', 'meanmax', '')
 
 
+class _AvgMaxPool2d(nn.Module):
+    """timm's ``avgmax`` (``0.5 * (avg + max)``) or ``catavgmax`` (``cat((avg, max), 1)``), scriptable.
+
+    timm's own ``AdaptiveAvgMaxPool2d`` / ``AdaptiveCatAvgMaxPool2d`` do not pass ``torch.jit.script``
+    (a ``Union`` output size); these compute the same thing with the same ops.
+    """
+
+    def __init__(self, output_size: Union[int, Tuple[int, int]] = 1, cat: bool = False):
+        super().__init__()
+        self.output_size = pair(output_size, 'output_size')
+        self.cat = cat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_avg = F.adaptive_avg_pool2d(x, self.output_size)
+        x_max = F.adaptive_max_pool2d(x, self.output_size)
+        if self.cat:
+            return torch.cat((x_avg, x_max), 1)
+        return 0.5 * (x_avg + x_max)
+
+    def extra_repr(self) -> str:
+        return f'output_size={self.output_size}, cat={self.cat}'
+
+
 def create_pool(pool_layer: Union[str, nn.Module, None], *, argname: str = 'pool_layer') -> Optional[nn.Module]:
     """A pooling module from a module, None, or one of timm's ``global_pool`` names.
 
-    ``"avg"``, ``"max"``, ``"avgmax"`` (mean of the two) and ``"catavgmax"`` have timm's meanings,
-    ``"meanmax"`` is ``AdaptiveMeanMaxPool()`` (their sum), ``""`` or None means no pooling.
+    Args:
+        pool_layer: an ``nn.Module`` (returned as is; ``nn.Identity`` means none), None or ``""`` for no
+            pooling, or a name: ``"avg"``, ``"max"``, ``"avgmax"`` (half the sum of the two) and
+            ``"catavgmax"`` (the two concatenated, twice the channels) with timm's meanings, as
+            timm's ``SelectAdaptivePool2d`` (without flatten, and scriptable); ``"meanmax"`` is
+            ``AdaptiveMeanMaxPool()`` (their sum).
+        argname: the argument name used in error messages.
     """
     if pool_layer is None:
         return None
@@ -78,7 +106,10 @@ def create_pool(pool_layer: Union[str, nn.Module, None], *, argname: str = 'pool
             return None
         if pool_layer == 'meanmax':
             return AdaptiveMeanMaxPool()
-        return SelectAdaptivePool2d(pool_type=pool_layer, flatten=False)
+        pool = SelectAdaptivePool2d(pool_type=pool_layer, flatten=False)
+        if pool_layer in ('avgmax', 'catavgmax'):
+            pool.pool = _AvgMaxPool2d(1, cat=pool_layer == 'catavgmax')
+        return pool
     if isinstance(pool_layer, nn.Module):
         if isinstance(pool_layer, nn.Identity) or (isinstance(pool_layer, SelectAdaptivePool2d)
                                                    and pool_layer.is_identity()):
