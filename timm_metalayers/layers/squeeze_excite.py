@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from timm.layers import make_divisible
 
-from ._factory import ActivationArg, NormArg, check_positive_int
+from ._factory import ActivationArg, NormArg, check_positive_int, create_activation
 from .conv import conv_norm
 
 
@@ -13,14 +13,24 @@ class SqueezeExcite(nn.Module):
     """Scale each channel by a gate computed from the globally pooled input.
 
     ``reduce`` is a 1x1 ``conv_norm`` to ``rd_planes`` with ``act_layer``; ``expand`` a 1x1 ``conv_norm``
-    back to ``inplanes`` with ``gate_layer``.
+    back to ``inplanes`` with ``gate_layer``. Numerically timm's ``SEModule`` (``fc1``/``bn``/``act`` are
+    ``reduce``, ``fc2``/``gate`` are ``expand``).
+
+    Args:
+        inplanes: number of channels of the input (and output).
+        rd_planes: the squeezed width.
+        act_layer: activation of the squeezed layer (any ``conv_norm`` activation form).
+        gate_layer: the gate, e.g. ``"sigmoid"`` or ``"hard_sigmoid"`` (MobileNetV3).
+        norm_layer: optional normalisation after the squeeze conv (None for none).
     """
 
     def __init__(self, inplanes: int, rd_planes: int, *, act_layer: ActivationArg = 'relu',
                  gate_layer: ActivationArg = 'sigmoid', norm_layer: NormArg = None):
         super().__init__()
-        self.reduce = nn.Sequential(*conv_norm(1, inplanes, rd_planes, act_layer, norm_layer=norm_layer, bias=True))
-        self.expand = nn.Sequential(*conv_norm(1, rd_planes, inplanes, gate_layer, norm_layer=None))
+        act = create_activation(act_layer, inplace=True, argname='act_layer')
+        gate = create_activation(gate_layer, argname='gate_layer')
+        self.reduce = nn.Sequential(*conv_norm(1, inplanes, rd_planes, act, norm_layer=norm_layer, bias=True))
+        self.expand = nn.Sequential(*conv_norm(1, rd_planes, inplanes, gate, norm_layer=None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.expand(self.reduce(x.mean((2, 3), keepdim=True)))
