@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import ipaddress
 import json
-import os
 import socket
 import threading
 import time
@@ -323,8 +322,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         repo_id = f"{org}/{name}"
         url = f"{self.state.endpoint}/{repo_id}"
-        if repo_id in self.state.repos:
-            self._error(409, None, "You already created this model repo", {}, head=False)
+        if repo_id in self.state.repos:  # the Hub's 409 still carries the repo url
+            self._json(409, {"error": "You already created this model repo", "url": url},
+                       {"X-Error-Message": "You already created this model repo"})
             return
         self.state.create_repo(repo_id)
         self._json(200, {"url": url, "name": repo_id})
