@@ -1,6 +1,5 @@
 """Turn the guide's flexible ``activation`` / ``norm_layer`` arguments into modules."""
 
-import functools
 import inspect
 from typing import Callable, Optional, Union
 

@@ -92,7 +92,7 @@ def create_classifier(inplanes: int, hidden_planes: int, nclasses: int,
                       dropout_prob: Optional[float] = None) -> nn.Sequential: ...
 
 
-def create_classifier(inplanes, *args, **kwargs):
+def create_classifier(inplanes: int, *args, **kwargs) -> nn.Sequential:
     """Create a classifier head: pool → flatten → [hidden layer + activation] → dropout → output layer.
 
     Plain form ``create_classifier(inplanes, nclasses, activation=None, *, use_conv=False,
