@@ -337,8 +337,11 @@ def test_repo_without_weights(local_hub, saved_dir: Path):
     assert isinstance(MissingWeightsError('x'), FileNotFoundError)
 
     local_hub.add_files('org/no-config', {'model.safetensors': saved_dir / 'model.safetensors'})
-    with pytest.raises(MissingFileError, match='no config.json'):
+    with pytest.raises(MissingFileError, match='no config.json .*has weights but nothing says which architecture'):
         hub.create_model_from_hub('org/no-config')
+    assert local_hub.requests_for('GET', '/org/no-config/resolve/main/model.safetensors') == []
+    with pytest.raises(MissingWeightsError, match="org/empty.*no weights file 'other.safetensors'"):
+        hub.load_weights(make_model(), 'org/empty', filename='other.safetensors')
     with pytest.raises(MissingFileError, match="'org/nope' was not found"):
         hub.create_model_from_hub('org/nope')
     with pytest.raises(MissingFileError, match="no revision 'v9'"):

@@ -342,7 +342,9 @@ def _hub_weights_file(repo_id: str, *, revision: Optional[str], filename: Option
     if filename is not None:
         if _is_pickle_name(filename) and not allow_pickle:
             raise UnsafeCheckpointError(_pickle_refusal(f'{filename!r} of Hub repo {repo_id!r}'))
-        path = _hub_download(repo_id, filename, **kw)
+        path = _hub_download(repo_id, filename, missing_ok=True, **kw)
+        if path is None:
+            raise MissingWeightsError(f'Hub repo {repo_id!r} has no weights file {filename!r}.')
         _verify_cached_blob(path, repo_id, filename)
         return path
     path = _hub_download(repo_id, SAFE_WEIGHTS_NAME, missing_ok=True, **kw)
@@ -364,6 +366,18 @@ def _hub_weights_file(repo_id: str, *, revision: Optional[str], filename: Option
             f'Hub repo {repo_id!r} has no {SAFE_WEIGHTS_NAME}, only pickle weights ({", ".join(pickles)}). '
             + _pickle_refusal('them'))
     raise MissingWeightsError(f'Hub repo {repo_id!r} has no weights file: {SAFE_WEIGHTS_NAME} is missing.')
+
+
+def _hub_file_exists(repo_id: str, filename: str, revision: Optional[str]) -> bool:
+    """A HEAD request, only used to word an error message (False when offline or unsure)."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        return HfApi().file_exists(repo_id, filename, revision=revision)
+    except Exception:
+        return False
 
 
 def _pickle_files_on_hub(repo_id: str, revision: Optional[str]) -> List[str]:
@@ -641,7 +655,7 @@ def create_model_from_hub(
     dl = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     cfg_path = _hub_download(repo_id, CONFIG_NAME, missing_ok=True, **dl)
     if cfg_path is None:
-        weights = _hub_download(repo_id, SAFE_WEIGHTS_NAME, missing_ok=True, **dl)
+        weights = _hub_file_exists(repo_id, SAFE_WEIGHTS_NAME, revision)
         raise MissingFileError(
             f'{where} has no {CONFIG_NAME}' + (' (it has weights but nothing says which architecture they are for)'
                                                if weights else '')
