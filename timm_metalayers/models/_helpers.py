@@ -108,8 +108,8 @@ def timm_pretrained_cfg(timm_name: str, **overrides) -> Dict:
     """The pretrained config of one of timm's tags (``'resnet50.a1_in1k'``), for our twin of that model.
 
     Copies timm's preprocessing and provenance (input size, mean, std, crop, interpolation, licence, ...),
-    points ``hf_hub_id`` at timm's Hub repository, and drops its download URL so weights come from the Hub
-    as safetensors. ``overrides`` set our own fields (``first_conv``, ``classifier``).
+    points ``hf_hub_id`` at timm's Hub repository and ``hf_hub_filename`` at its ``model.safetensors``, and
+    drops the download URL, so weights only ever come from the Hub as safetensors. ``overrides`` set our own fields (``first_conv``, ``classifier``).
     """
     from timm.models import get_pretrained_cfg
     cfg = get_pretrained_cfg(timm_name)
@@ -118,6 +118,7 @@ def timm_pretrained_cfg(timm_name: str, **overrides) -> Dict:
     out = {k: v for k, v in cfg.to_dict(remove_source=False, remove_null=True).items()
            if k not in _CFG_FIELDS_NOT_COPIED}
     out['hf_hub_id'] = f'timm/{timm_name}'
+    out['hf_hub_filename'] = 'model.safetensors'  # never fall back to a pickle checkpoint
     out.update(overrides)
     return out
 
