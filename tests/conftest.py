@@ -1,5 +1,22 @@
 """Shared pytest fixtures. Add yours below; keep this file small."""
+import pytest
+
 try:  # tests/ as a package or as a rootdir-relative folder
     from .hub_server import local_hub  # noqa: F401
 except ImportError:
     from hub_server import local_hub  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _quiet_torch_trace_log():
+    """pytest attaches its log-capture handlers to torch's structured trace logger; torch then builds
+    every trace payload (graphs, guards) for them, which makes torch.compile several times slower."""
+    from torch._logging._internal import trace_log
+    saved = list(trace_log.handlers)
+    for handler in saved:
+        if type(handler).__module__.startswith('_pytest'):
+            trace_log.removeHandler(handler)
+    yield
+    for handler in saved:
+        if handler not in trace_log.handlers:
+            trace_log.addHandler(handler)

@@ -53,21 +53,6 @@ class AllLayers(nn.Module):
             self.pool_cat(x).mean((1, 2, 3)).unsqueeze(1)
 
 
-@pytest.fixture(autouse=True)
-def _quiet_torch_trace_log():
-    """pytest attaches its log-capture handlers to torch's structured trace logger; torch then builds
-    every trace payload (graphs, guards) for them, which makes compiling several times slower."""
-    from torch._logging._internal import trace_log
-    saved = list(trace_log.handlers)
-    for handler in saved:
-        if type(handler).__module__.startswith('_pytest'):
-            trace_log.removeHandler(handler)
-    yield
-    for handler in saved:
-        if handler not in trace_log.handlers:
-            trace_log.addHandler(handler)
-
-
 def _run(module, x, seed):
     torch.manual_seed(seed)
     return module(x)
