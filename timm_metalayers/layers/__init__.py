@@ -19,3 +19,6 @@ __all__ = [
     'SqueezeExcite', 'squeeze_excite',
     'ActivationFn', 'create_activation', 'create_norm', 'resolve_norm_layer',
 ]
+
+from .mbconv import MBConv, dwsep_conv_norm, mbconv
+__all__ += ['dwsep_conv_norm', 'mbconv', 'MBConv']

@@ -1,2 +1,3 @@
 """Reference model families built from ``timm_metalayers.layers``, registered with timm on import."""
 from . import resnet
+from . import mobilenetv3

@@ -1,0 +1,533 @@
+"""MobileNetV3 built from ``timm_metalayers.layers``: ``conv_norm`` stem, ``mbconv`` stages with ``squeeze_excite``,
+and the hidden form of ``create_classifier`` as its "efficient head".
+
+Paper: `Searching for MobileNetV3` - https://arxiv.org/abs/1905.02244
+
+As Metalhead.jl's ``mobilenetv3``, the network is read from a table of inverted-residual rows and a width
+multiplier; the registered models are timm's ``mobilenetv3_large_100`` / ``mobilenetv3_small_{100,075,050}``
+architectures and load timm's Hub weights through ``checkpoint_filter_fn``.
+"""
+import contextlib
+import math
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from timm.layers import make_divisible
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+
+from ..layers import conv_norm, create_classifier, linear_scheduler, mbconv
+from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_probability
+from ..layers.mbconv import MBConv
+from ..layers.pool import create_pool, pool_feat_mult
+from ._helpers import conv_to_linear, remap_checkpoint, timm_pretrained_cfg
+
+__all__ = ['MobileNetV3', 'mobilenetv3', 'MOBILENETV3_CONFIGS', 'checkpoint_filter_fn', 'HeadResetError']
+
+Row = Tuple[int, int, float, int, int, Optional[float], str]
+
+# MobileNetV3 as Metalhead.jl's table (and the paper's Tables 1 and 2): (hidden width of the head, rows).
+# A row is (kernel, out channels, expansion, stride, repeats, SE reduction or None, activation); the
+# first block of a row has the row's stride, the others stride 1. "hard_swish" stands for the network's
+# act_layer (hard-swish by default), "relu" is always ReLU. Consecutive rows with the same output width
+# form a stage. The small table's last row has stride 2 (14x14 -> 7x7), as in the paper and timm;
+# Metalhead's table has 1 there.
+MOBILENETV3_CONFIGS: Dict[str, Tuple[int, List[Row]]] = {
+    'small': (1024, [
+        (3, 16, 1, 2, 1, 4, 'relu'),
+        (3, 24, 4.5, 2, 1, None, 'relu'),
+        (3, 24, 3.67, 1, 1, None, 'relu'),
+        (5, 40, 4, 2, 1, 4, 'hard_swish'),
+        (5, 40, 6, 1, 2, 4, 'hard_swish'),
+        (5, 48, 3, 1, 2, 4, 'hard_swish'),
+        (5, 96, 6, 2, 3, 4, 'hard_swish'),
+    ]),
+    'large': (1280, [
+        (3, 16, 1, 1, 1, None, 'relu'),
+        (3, 24, 4, 2, 1, None, 'relu'),
+        (3, 24, 3, 1, 1, None, 'relu'),
+        (5, 40, 3, 2, 3, 4, 'relu'),
+        (3, 80, 6, 2, 1, None, 'hard_swish'),
+        (3, 80, 2.5, 1, 1, None, 'hard_swish'),
+        (3, 80, 2.3, 1, 2, None, 'hard_swish'),
+        (3, 112, 6, 1, 2, 4, 'hard_swish'),
+        (5, 160, 6, 2, 3, 4, 'hard_swish'),
+    ]),
+}
+_NETWORK_ACT = 'hard_swish'
+
+
+class HeadResetError(AssertionError, ValueError):
+    """``reset_classifier`` asked for a pool whose width does not fit the trained hidden layer.
+
+    An ``AssertionError`` (what timm's models raise for this) and a ``ValueError``.
+    """
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3 with timm's model API. Build it with ``mobilenetv3(...)`` or ``timm.create_model``.
+
+    ``stem`` (3x3 stride-2 ``conv_norm``) → ``stages`` (``mbconv`` blocks, then a 1x1 ``conv_norm`` to the
+    final width as the last stage) → ``head`` (``create_classifier`` hidden form: global pool → flatten →
+    ``hidden`` Linear → hard-swish → dropout → ``fc``). Without pooling (``global_pool=''``) the head's layers
+    are 1x1 convs with the same weights, so the model returns an NCHW map.
+    """
+
+    def __init__(
+            self,
+            stem: nn.Sequential,
+            stages: nn.Sequential,
+            feature_info: List[Dict[str, Any]],
+            stage_channels: List[int],
+            *,
+            hidden_planes: Optional[int],
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: Union[str, nn.Module, None] = 'avg',
+            drop_rate: float = 0.,
+            head_act_layer: ActivationArg = _NETWORK_ACT,
+    ):
+        super().__init__()
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.stem = stem
+        self.stages = stages
+        self.feature_info = feature_info
+        self.stage_ends = [f['stage'] for f in feature_info]
+        self._stage_channels = list(stage_channels)  # output width of the stem and of every stage
+        self.num_features = self._stage_channels[-1]
+        self.hidden_planes = hidden_planes
+        self.head_act_layer = head_act_layer
+        self.head_hidden_size = 0
+        self._num_pre_logits = 0
+        self.head = self._create_head(num_classes, global_pool)
+
+    def _create_head(self, num_classes: int, global_pool: Union[str, nn.Module, None]) -> nn.Sequential:
+        pool = create_pool(global_pool, argname='global_pool')
+        spatial = pool is None  # no pool: the head works on the map, its layers are 1x1 convs
+        dropout_prob = self.drop_rate or None
+        if self.hidden_planes:
+            head = create_classifier(self.num_features, self.hidden_planes, num_classes, (self.head_act_layer, None),
+                                     use_conv=(spatial, spatial), pool_layer=pool, dropout_prob=dropout_prob)
+            self.head_hidden_size = self.hidden_planes
+        else:  # the hidden layer was pruned away
+            head = create_classifier(self.num_features, num_classes, use_conv=spatial, pool_layer=pool,
+                                     dropout_prob=dropout_prob)
+            self.head_hidden_size = self.num_features * pool_feat_mult(pool)
+        names = list(head._modules)
+        assert names[-1] == 'fc', f'classifier layout {names} does not end with fc'
+        self._num_pre_logits = len(names) - 1
+        return head
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the output layer by one for ``num_classes`` (0: none), keeping the trained hidden layer.
+
+        ``global_pool=None`` keeps the current pool; ``''`` removes it, after which the hidden layer is
+        applied as a 1x1 conv with the same weights and the model returns an NCHW map. A pool that changes
+        the pooled width (``catavgmax`` after ``avg``) cannot reuse the hidden layer: ``HeadResetError``.
+        """
+        check_positive_int(num_classes, 'num_classes', allow_zero=True)
+        if global_pool is None:
+            global_pool = self.head.global_pool if 'global_pool' in self.head._modules else ''
+        old_head = self.head
+        param = next(self.parameters(), None)
+        device = param.device if param is not None else None
+        dtype = param.dtype if param is not None else None
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            head = self._create_head(num_classes, global_pool)
+        if dtype is not None:
+            head.to(dtype=dtype)
+        if 'hidden' in old_head._modules and 'hidden' in head._modules:
+            head.hidden = _carry_hidden(old_head.hidden, head.hidden)
+        head.train(self.training)
+        self.head = head
+        self.num_classes = num_classes
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+            extra_blocks: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features and return the intermediates at ``feature_info`` (timm >= 1.0 API).
+
+        Args:
+            x: input images.
+            indices: take the last n features if an int, all if None, these if a sequence.
+            norm: no effect (the network has no final norm).
+            stop_early: stop after the last wanted feature (needs ``intermediates_only``).
+            output_fmt: ``'NCHW'`` only.
+            intermediates_only: return only the intermediates.
+            extra_blocks: index the stem and every stage instead of the ``feature_info`` entries.
+        """
+        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
+        if stop_early:
+            assert intermediates_only, 'Must use intermediates_only for early stopping.'
+        intermediates = []
+        if extra_blocks:
+            take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        else:
+            take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+            take_indices = [self.stage_ends[i] for i in take_indices]
+            max_index = self.stage_ends[max_index]
+
+        x = self.stem(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index]
+        for feat_idx, stage in enumerate(stages, start=1):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(stage, x)
+            else:
+                x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+            extra_blocks: bool = False,
+    ) -> List[int]:
+        """Remove the stages after the last wanted feature, and the head if ``prune_head`` or stages were cut.
+
+        A pruned head is no pool, no hidden layer, no classifier: ``forward`` returns the features; use
+        ``reset_classifier`` to add a pool and classifier on them. Returns the kept indices.
+        """
+        if extra_blocks:
+            take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        else:
+            take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+            max_index = self.stage_ends[max_index]
+        num_chs = self._stage_channels[max_index]
+        prune_end = max_index < len(self.stages)
+        self.stages = self.stages[:max_index]  # index 0 is the stem
+        if prune_end:
+            self.num_features = num_chs
+        if prune_end or prune_head:
+            self.hidden_planes = None  # the hidden layer belongs to the head and is sized for the final stage
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # one checkpoint per stage: splitting the final conv_norm stage would put its in-place
+            # activation in a checkpoint of its own, which modifies the saved output of the norm
+            x = checkpoint_seq(self.stages, x)
+        else:
+            x = self.stages(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        # every head module but the last (fc) is "pre-logits": pool, flatten, hidden, its activation, dropout
+        for i, module in enumerate(self.head):
+            if i < self._num_pre_logits or not pre_logits:
+                x = module(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+def _carry_hidden(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Keep the trained hidden layer in a rebuilt head, as a Linear or a 1x1 conv as the new head needs."""
+    old_in, new_in = old.weight.shape[1], new.weight.shape[1]
+    if old_in != new_in or old.weight.shape[0] != new.weight.shape[0]:
+        raise HeadResetError(f'the head\'s hidden layer takes {old_in} pooled features, the new pool gives '
+                             f'{new_in}: the pool can not change the pooled width of a built model')
+    if type(old) is type(new):
+        return old
+    new.weight = nn.Parameter(old.weight.detach().reshape(new.weight.shape), requires_grad=old.weight.requires_grad)
+    if old.bias is not None:
+        new.bias = nn.Parameter(old.bias.detach(), requires_grad=old.bias.requires_grad)
+    return new
+
+
+def _check_row(row: Sequence, i: int) -> Row:
+    if not isinstance(row, (tuple, list)) or len(row) != 7:
+        raise ValueError(f'config_table row {i} must be (kernel, out channels, expansion, stride, repeats, '
+                         f'SE reduction or None, activation), got {row!r}')
+    k, c, e, s, n, r, a = row
+    check_positive_int(c, f'config_table[{i}] out channels')
+    check_positive_int(s, f'config_table[{i}] stride')
+    check_positive_int(n, f'config_table[{i}] repeats')
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or e < 1:
+        raise ValueError(f'config_table[{i}] expansion must be a number >= 1, got {e!r}')
+    if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0):
+        raise ValueError(f'config_table[{i}] SE reduction must be a number > 0 or None, got {r!r}')
+    return k, c, e, s, n, r, a
+
+
+def mobilenetv3(
+        config_table: Union[str, Sequence[Row]] = 'large',
+        width_mult: float = 1.0,
+        *,
+        hidden_planes: Optional[int] = None,
+        stem_planes: int = 16,
+        fix_stem: Optional[bool] = None,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: Union[str, nn.Module, None] = 'avg',
+        drop_rate: float = 0.2,
+        drop_path_rate: float = 0.,
+        act_layer: ActivationArg = _NETWORK_ACT,
+        norm_layer: NormArg = nn.BatchNorm2d,
+        device: Union[str, torch.device, None] = None,
+        dtype: Optional[torch.dtype] = None,
+) -> MobileNetV3:
+    """Build a MobileNetV3 from a table of inverted-residual rows (Metalhead.jl's ``mobilenetv3``).
+
+    Args:
+        config_table: ``"small"``, ``"large"`` or a list of rows ``(kernel, out channels, expansion, stride,
+            repeats, SE reduction or None, activation)`` (see ``MOBILENETV3_CONFIGS``).
+        width_mult: width multiplier; every width is rounded with timm's ``make_divisible`` (multiples of 8).
+        hidden_planes: width of the head's hidden layer (1024 small, 1280 large; needed for a custom table).
+        stem_planes: width of the stem before scaling.
+        fix_stem: keep the stem at ``stem_planes`` whatever the width; by default when ``width_mult < 0.75``
+            (as timm, so timm's weights fit).
+        num_classes: classes of the output layer; 0 for none (the model returns pre-logits features).
+        in_chans: input channels.
+        global_pool: the head's pool (``avg``, ``max``, ``avgmax``, ``catavgmax``, ``meanmax``, a module,
+            or ``''`` for none: the head then runs as 1x1 convs and returns a map).
+        drop_rate: dropout after the head's hidden layer (0.2 as Metalhead).
+        drop_path_rate: stochastic depth; ``linear_scheduler(drop_path_rate, depth=<residual blocks>)`` gives
+            one ``StochasticDepth`` per residual block.
+        act_layer: the network's activation (stem, "hard_swish" rows, final conv, head); ReLU rows stay ReLU
+            and the squeeze-excite keeps its ReLU / hard-sigmoid.
+        norm_layer: normalisation of every ``conv_norm`` (a class, a ``planes -> module`` callable or a name).
+        device, dtype: where and in which dtype to create the parameters.
+    """
+    if isinstance(config_table, str):
+        if config_table not in MOBILENETV3_CONFIGS:
+            raise ValueError(f'config_table={config_table!r}: use one of {sorted(MOBILENETV3_CONFIGS)} '
+                             'or a list of rows')
+        default_hidden, rows = MOBILENETV3_CONFIGS[config_table]
+        hidden_planes = default_hidden if hidden_planes is None else hidden_planes
+    else:
+        rows = config_table
+        if hidden_planes is None:
+            raise ValueError('hidden_planes is needed with a custom config_table (1024 small, 1280 large)')
+    rows = [_check_row(row, i) for i, row in enumerate(rows)]
+    if not rows:
+        raise ValueError('config_table has no rows')
+    check_positive_int(hidden_planes, 'hidden_planes')
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
+        raise ValueError(f'width_mult must be a number > 0, got {width_mult!r}')
+    drop_rate = check_probability(drop_rate, 'drop_rate', allow_none=False)
+    drop_path_rate = check_probability(drop_path_rate, 'drop_path_rate', allow_none=False)
+    check_positive_int(in_chans, 'in_chans')
+    check_positive_int(num_classes, 'num_classes', allow_zero=True)
+
+    def act(name: str) -> ActivationArg:
+        return act_layer if name == _NETWORK_ACT else name
+
+    def width(planes: float) -> int:
+        return make_divisible(planes * width_mult, 8)
+
+    # Blocks per stage: (kernel, inplanes, explanes, outplanes, stride, SE reduction, activation)
+    if fix_stem is None:
+        fix_stem = width_mult < 0.75
+    stem_out = stem_planes if fix_stem else width(stem_planes)
+    stage_specs: List[List[tuple]] = []
+    inplanes, prev_c = stem_out, None
+    for k, c, e, s, n, r, a in rows:
+        if c != prev_c:
+            stage_specs.append([])
+            prev_c = c
+        outplanes = width(c)
+        for j in range(n):
+            explanes = make_divisible(inplanes * e, 8)
+            stage_specs[-1].append((k, inplanes, explanes, outplanes, s if j == 0 else 1, r, act(a)))
+            inplanes = outplanes
+    # the final 1x1 conv to (last width x last expansion): 960 large, 576 small
+    final_planes = width(rows[-1][1] * rows[-1][2])
+
+    residual = [spec[4] == 1 and spec[1] == spec[3] for stage in stage_specs for spec in stage]
+    schedule = iter(linear_scheduler(drop_path_rate, depth=sum(residual)))
+
+    factory = torch.device(device) if device is not None else contextlib.nullcontext()
+    with factory:
+        stem = nn.Sequential(*conv_norm(3, in_chans, stem_out, act_layer, norm_layer=norm_layer, stride=2, pad=1))
+        stages = []
+        for stage in stage_specs:
+            blocks = []
+            for k, cin, cexp, cout, s, r, a in stage:
+                has_skip = s == 1 and cin == cout
+                blocks.append(mbconv(k, cin, cexp, cout, a, stride=s, reduction=r, norm_layer=norm_layer,
+                                     drop_path_prob=next(schedule) if has_skip else None))
+            stages.append(nn.Sequential(*blocks))
+        stages.append(nn.Sequential(*conv_norm(1, inplanes, final_planes, act_layer, norm_layer=norm_layer)))
+        stages = nn.Sequential(*stages)
+
+        # features: the last module of each resolution (stem = index 0, stages from 1), as timm's stage ends
+        stage_channels = [stem_out] + [stage[-1][3] for stage in stage_specs] + [final_planes]
+        strides = [2] + [max(spec[4] for spec in stage) for stage in stage_specs] + [1]
+        reductions = [math.prod(strides[:i + 1]) for i in range(len(strides))]
+        modules = [f'stem.{len(stem) - 1}'] + [f'stages.{i}' for i in range(len(stages))]
+        feature_info = [dict(num_chs=chs, reduction=red, module=module, stage=i)
+                        for i, (chs, red, module) in enumerate(zip(stage_channels, reductions, modules))
+                        if i == len(modules) - 1 or reductions[i + 1] != red]
+
+        model = MobileNetV3(stem, stages, feature_info, stage_channels, hidden_planes=hidden_planes,
+                            num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
+                            drop_rate=drop_rate, head_act_layer=act_layer)
+        _init_weights(model)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    return model
+
+
+def _init_weights(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# timm's checkpoints: conv_stem/bn1, blocks.{stage}.{block}.{conv_pw,bn1,conv_dw,bn2,se,conv_pwl,bn3}
+# (DepthwiseSeparableConv: conv_dw,bn1,se,conv_pw,bn2; ConvBnAct: conv,bn1), conv_head, classifier.
+
+_IR_PARTS = {'conv_pw': 'expand.0', 'bn1': 'expand.1', 'conv_dw': 'dw.0', 'bn2': 'dw.1',
+             'se.conv_reduce': 'se.reduce.0', 'se.conv_expand': 'se.expand.0', 'conv_pwl': 'project.0',
+             'bn3': 'project.1'}
+_DS_PARTS = {'conv_dw': 'dw.0', 'bn1': 'dw.1', 'se.conv_reduce': 'se.reduce.0', 'se.conv_expand': 'se.expand.0',
+             'conv_pw': 'project.0', 'bn2': 'project.1'}
+_CONV_PARTS = {'conv': '0', 'bn1': '1'}
+_TOP_PARTS = {'conv_stem': 'stem.0', 'bn1': 'stem.1', 'conv_head': 'head.hidden', 'classifier': 'head.fc'}
+_BLOCK_KEY = re.compile(r'^blocks\.(\d+)\.(\d+)\.(.+)\.([^.]+)$')
+_TOP_KEY = re.compile(r'^([^.]+)\.([^.]+)$')
+
+
+def _timm_renamer(model: MobileNetV3) -> Callable[[str], Optional[str]]:
+    stages = model.stages
+
+    def rename(key: str) -> Optional[str]:
+        m = _BLOCK_KEY.match(key)
+        if m is not None:
+            s, b, part, leaf = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
+            if s >= len(stages):
+                return key
+            stage = stages[s]
+            if any(isinstance(blk, MBConv) for blk in stage):
+                if b >= len(stage):
+                    return key
+                parts = _DS_PARTS if isinstance(stage[b].expand, nn.Identity) else _IR_PARTS
+                return f'stages.{s}.{b}.{parts[part]}.{leaf}' if part in parts else key
+            if b == 0 and part in _CONV_PARTS:  # the final conv_norm stage
+                return f'stages.{s}.{_CONV_PARTS[part]}.{leaf}'
+            return key
+        m = _TOP_KEY.match(key)
+        if m is not None and m.group(1) in _TOP_PARTS:
+            return f'{_TOP_PARTS[m.group(1)]}.{m.group(2)}'
+        return key
+
+    return rename
+
+
+def _reshape_head(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """timm's 1x1 ``conv_head`` as our Linear ``hidden``, a Linear weight as a 1x1 conv in an unpooled head."""
+    value = conv_to_linear(key, value, target)
+    if value.dim() == 2 and target.dim() == 4 and target.shape[2:] == (1, 1):
+        value = value[:, :, None, None]
+    return value
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MobileNetV3) -> Dict[str, torch.Tensor]:
+    """Map a timm ``mobilenetv3_*`` checkpoint (or one of ours) onto ``model``, strictly.
+
+    Raises ``CheckpointMismatchError`` (a ``ValueError``) naming every unmapped, missing or mis-shaped key.
+    """
+    return remap_checkpoint(state_dict, model, _timm_renamer(model), reshape=_reshape_head)
+
+
+def _create_mobilenetv3(variant: str, config_table: str, width_mult: float, pretrained: bool = False,
+                        **kwargs) -> MobileNetV3:
+    return build_model_with_cfg(
+        mobilenetv3,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True),
+        config_table=config_table,
+        width_mult=width_mult,
+        **kwargs,
+    )
+
+
+def _cfg(timm_name: str) -> Dict[str, Any]:
+    """timm's pretrained config of ``timm_name`` (mean/std, crop, interpolation, licence, ...), with
+    ``hf_hub_id`` at ``timm/<timm_name>``'s ``model.safetensors`` and our first conv / classifier names."""
+    return timm_pretrained_cfg(timm_name, first_conv='stem.0', classifier='head.fc')
+
+
+# The weights are timm's, mapped by checkpoint_filter_fn.
+default_cfgs = generate_default_cfgs({
+    'metalayers_mobilenetv3_large_100.ra_in1k': _cfg('mobilenetv3_large_100.ra_in1k'),
+    'metalayers_mobilenetv3_large_100.miil_in21k_ft_in1k': _cfg('mobilenetv3_large_100.miil_in21k_ft_in1k'),
+    'metalayers_mobilenetv3_small_050.lamb_in1k': _cfg('mobilenetv3_small_050.lamb_in1k'),
+    'metalayers_mobilenetv3_small_075.lamb_in1k': _cfg('mobilenetv3_small_075.lamb_in1k'),
+    'metalayers_mobilenetv3_small_100.lamb_in1k': _cfg('mobilenetv3_small_100.lamb_in1k'),
+})
+
+
+@register_model
+def metalayers_mobilenetv3_large_100(pretrained: bool = False, **kwargs) -> MobileNetV3:
+    """MobileNetV3-Large, width 1.0 (timm's ``mobilenetv3_large_100``)."""
+    return _create_mobilenetv3('metalayers_mobilenetv3_large_100', 'large', 1.0, pretrained, **kwargs)
+
+
+@register_model
+def metalayers_mobilenetv3_small_100(pretrained: bool = False, **kwargs) -> MobileNetV3:
+    """MobileNetV3-Small, width 1.0 (timm's ``mobilenetv3_small_100``)."""
+    return _create_mobilenetv3('metalayers_mobilenetv3_small_100', 'small', 1.0, pretrained, **kwargs)
+
+
+@register_model
+def metalayers_mobilenetv3_small_075(pretrained: bool = False, **kwargs) -> MobileNetV3:
+    """MobileNetV3-Small, width 0.75 (timm's ``mobilenetv3_small_075``)."""
+    return _create_mobilenetv3('metalayers_mobilenetv3_small_075', 'small', 0.75, pretrained, **kwargs)
+
+
+@register_model
+def metalayers_mobilenetv3_small_050(pretrained: bool = False, **kwargs) -> MobileNetV3:
+    """MobileNetV3-Small, width 0.5 (timm's ``mobilenetv3_small_050``)."""
+    return _create_mobilenetv3('metalayers_mobilenetv3_small_050', 'small', 0.5, pretrained, **kwargs)
