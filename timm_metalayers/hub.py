@@ -38,6 +38,8 @@ from torch import nn
 
 import timm
 
+from .models._helpers import CheckpointMismatchError as _FilterMismatchError
+
 __all__ = [
     'ALLOW_PICKLE_ENV', 'HubLoadError', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'MissingFileError',
     'MissingWeightsError', 'UnknownArchitectureError', 'CheckpointMismatchError', 'HubConnectionError',
@@ -83,8 +85,10 @@ class UnknownArchitectureError(HubLoadError, ValueError):
     """A config names an architecture timm does not know."""
 
 
-class CheckpointMismatchError(HubLoadError, ValueError):
-    """Checkpoint keys or shapes do not match the model (including a different number of classes)."""
+class CheckpointMismatchError(HubLoadError, _FilterMismatchError):
+    """Checkpoint keys or shapes do not match the model (including a different number of classes).
+
+    A subclass of the model filters' ``CheckpointMismatchError``, so one ``except`` catches both."""
 
 
 class HubConnectionError(HubLoadError, ConnectionError):
