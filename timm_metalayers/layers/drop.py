@@ -30,6 +30,26 @@ def _check_generator(generator: object) -> Optional[torch.Generator]:
     return generator
 
 
+def _dropped_blocks(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
+    """The (N, C, H, W) boolean map of the pixels covered by the ``(bh, bw)`` blocks that start at the seeds.
+
+    Equal to ``max_pool2d(pad(seeds, (bw - 1, bw - 1, bh - 1, bh - 1)), (bh, bw), stride=1) > 0``, but
+    computed from the seed positions: seeds are rare (gamma is a few per mille), and PyTorch's CPU
+    ``max_pool2d`` with stride 1 costs ``bh * bw`` strided loads per pixel of every channel.
+    """
+    N, C, vh, vw = seeds.shape
+    starts = seeds.reshape(-1).nonzero().reshape(-1)
+    plane = torch.div(starts, vh * vw, rounding_mode='floor')
+    within = starts - plane * (vh * vw)
+    row = torch.div(within, vw, rounding_mode='floor')
+    first = plane * (H * W) + row * W + (within - row * vw)  # flat index of each block's top-left pixel
+    offsets = (torch.arange(bh, device=seeds.device) * W).view(-1, 1) + torch.arange(bw, device=seeds.device).view(1, -1)
+    covered = (first.view(-1, 1) + offsets.view(1, -1)).reshape(-1)
+    dropped = torch.zeros(N * C * H * W, dtype=torch.bool, device=seeds.device)
+    dropped.index_fill_(0, covered, True)
+    return dropped.view(N, C, H, W)
+
+
 def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_scale: float,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """The training-time computation; arguments are already validated and ``x`` is 4-D."""
@@ -37,24 +57,33 @@ def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_s
     if drop_block_prob >= 1.0:
         # Everything is dropped: zeros (still x times a mask, so gradients are zeros), never 0 / 0.
         keep = torch.zeros((1, 1, 1, 1), dtype=torch.float32, device=x.device)
+        return x * keep.to(x.dtype)
+    # Clip the block to the map in every term, so a block larger than the map still gives 0 <= gamma <= 1.
+    bh, bw = min(block_size, H), min(block_size, W)
+    valid_h, valid_w = H - bh + 1, W - bw + 1
+    gamma = gamma_scale * drop_block_prob * H * W / (bh * bw) / (valid_h * valid_w)
+    gamma = min(max(gamma, 0.0), 1.0)
+    # Seeds only where a whole block fits; each seed drops the block that starts at it, so every
+    # dropped region is a union of whole (bh, bw) blocks, for odd and even sizes alike.
+    # (The mask never requires grad, so no torch.no_grad() is needed.)
+    seeds = torch.empty((N, C, valid_h, valid_w), dtype=torch.float32, device=x.device)
+    seeds.bernoulli_(gamma, generator=generator)
+    if x.is_cpu and not torch.compiler.is_compiling():
+        # Eager on CPU: expand the (rare) seeds into blocks by index; the same mask as below, several
+        # times faster. Not under torch.compile (nonzero has a data-dependent size; inductor fuses the
+        # dense form) nor on accelerators (nonzero would synchronise with the host).
+        dropped = _dropped_blocks(seeds, H, W, bh, bw)
+        numel = dropped.numel()
+        kept = (numel - torch.count_nonzero(dropped)).clamp(min=1).to(torch.float32)
+        # Rescale so the mean activation is kept; a mask that drops everything gives zeros, not 0 / 0.
+        keep = torch.where(dropped, 0.0, numel / kept)
     else:
-        # Clip the block to the map in every term, so a block larger than the map still gives 0 <= gamma <= 1.
-        bh, bw = min(block_size, H), min(block_size, W)
-        valid_h, valid_w = H - bh + 1, W - bw + 1
-        gamma = gamma_scale * drop_block_prob * H * W / (bh * bw) / (valid_h * valid_w)
-        gamma = min(max(gamma, 0.0), 1.0)
-        # Seeds only where a whole block fits; each seed drops the block that starts at it, so every
-        # dropped region is a union of whole (bh, bw) blocks, for odd and even sizes alike.
-        # (The mask never requires grad, so no torch.no_grad() is needed.)
-        seeds = torch.empty((N, C, valid_h, valid_w), dtype=torch.float32, device=x.device)
-        seeds.bernoulli_(gamma, generator=generator)
         if bh > 1 or bw > 1:
             seeds = F.pad(seeds, (bw - 1, bw - 1, bh - 1, bh - 1))
             dropped = F.max_pool2d(seeds, (bh, bw), stride=1)
         else:
             dropped = seeds
         keep = 1.0 - dropped
-        # Rescale so the mean activation is kept; a mask that drops everything gives zeros, not 0 / 0.
         keep = keep * (keep.numel() / keep.sum().clamp(min=1.0))
     return x * keep.to(x.dtype)
 
@@ -149,7 +178,7 @@ class StochasticDepth(nn.Module):
             shape = [1] * x.dim()
         mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep_prob, generator=self.generator)
         if keep_prob > 0.0:
-            mask = mask / keep_prob
+            mask.div_(keep_prob)  # in place: the mask is ours and never requires grad
         return x * mask
 
     def extra_repr(self) -> str:

@@ -1,0 +1,457 @@
+#!/usr/bin/env python
+"""Every ``metalayers_*`` model against its timm twin, side by side, in one process.
+
+For each registered ``metalayers_<name>`` (the twin is timm's ``<name>``), both models are built with the
+same arguments (``drop_path_rate`` / ``drop_block_rate`` where both accept them), then measured in turn
+(ours, timm, ours, timm, ...), the median of ``--reps`` timed runs after warm-up:
+
+* inference images/s: eval mode, ``torch.inference_mode``, batch 1 and ``--batch``;
+* training-step images/s: forward + cross-entropy + backward + ``torch.optim.SGD`` step, batch ``--train-batch``;
+* peak memory of a training step (above the resting state of weights and gradients);
+* the same three under ``torch.compile(fullgraph=True)`` (``--compile``, the default except with ``--quick``);
+
+and printed as markdown tables with the ratio ours / timm for every figure, the machine (CPU, threads,
+torch version, load average) and the ceiling: the machine's measured ``torch.mm`` FLOP/s against
+model FLOPs (``FlopCounterMode``) x images/s.
+
+    python benchmarks/bench_models.py --quick                     # ~1 minute smoke run
+    python benchmarks/bench_models.py --models 'metalayers_resnet*' --threads 2 --json out.json
+    python benchmarks/bench_models.py --merge a.json b.json        # one table from split runs
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Sequence
+
+if __package__ in (None, ''):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+
+from benchmarks import (count_flops, fmt_num, interleaved, load_average, machine_info, markdown_table,
+                        matmul_flops, median, peak_memory, quiet_torch_logs, setup_torch, spread, sync)
+
+PREFIX = 'metalayers_'
+IMPLS = ('ours', 'timm')
+QUICK_MODEL = 'metalayers_resnet18'
+
+# (key, column title, kind) in table order; kind 'speed' is images/s (higher is better), 'mem' bytes.
+FIGURES = [
+    ('infer_b1', 'infer b1', 'speed'),
+    ('infer_bn', 'infer b{batch}', 'speed'),
+    ('train', 'train b{train_batch}', 'speed'),
+    ('train_mem', 'train peak MB', 'mem'),
+    ('c_infer_bn', 'compiled infer b{batch}', 'speed'),
+    ('c_train', 'compiled train b{train_batch}', 'speed'),
+    ('c_train_mem', 'compiled train peak MB', 'mem'),
+]
+
+
+def twin_name(name: str) -> str:
+    return name[len(PREFIX):]
+
+
+def select_models(patterns: str) -> List[str]:
+    import timm
+    import timm_metalayers  # noqa: F401  (registers the models)
+    registered = timm.list_models(PREFIX + '*')
+    chosen = []
+    for pattern in [p.strip() for p in patterns.split(',') if p.strip()]:
+        if not pattern.startswith(PREFIX) and not pattern.startswith('*'):
+            pattern = PREFIX + pattern
+        matched = [m for m in registered if fnmatch.fnmatch(m, pattern)]
+        if not matched:
+            raise SystemExit(f'--models {pattern!r} matches no registered model; registered: {registered}')
+        chosen += [m for m in matched if m not in chosen]
+    return chosen
+
+
+def _create(name: str, kwargs: Dict[str, Any]) -> torch.nn.Module:
+    import timm
+    import timm_metalayers  # noqa: F401  (registers the models)
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def common_kwargs(name: str, requested: Dict[str, Any]) -> Dict[str, Any]:
+    """The requested arguments that both ``name`` and its twin accept (checked on the meta device)."""
+    accepted = {}
+    for key, value in requested.items():
+        try:
+            with torch.device('meta'):
+                for n in (name, twin_name(name)):
+                    _create(n, {key: value})
+            accepted[key] = value
+        except TypeError:
+            pass
+    return accepted
+
+
+def build_pair(name: str, args) -> Dict[str, Any]:
+    requested = {}
+    if args.drop_path_rate:
+        requested['drop_path_rate'] = args.drop_path_rate
+    if args.drop_block_rate:
+        requested['drop_block_rate'] = args.drop_block_rate
+    if args.img_size:
+        requested['img_size'] = args.img_size  # models with a fixed token grid (ViT) need it
+    kwargs = common_kwargs(name, requested)
+    torch.manual_seed(0)
+    ours = _create(name, kwargs)
+    torch.manual_seed(0)
+    ref = _create(twin_name(name), kwargs)
+    if args.img_size:
+        size = (args.img_size, args.img_size)
+    else:
+        size = tuple(ref.pretrained_cfg['input_size'][1:])
+    models = {}
+    for impl, model in (('ours', ours), ('timm', ref)):
+        model = model.to(args.device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        models[impl] = model
+    return dict(models=models, kwargs=kwargs, size=size, num_classes=ref.num_classes)
+
+
+def make_input(batch: int, size, args) -> torch.Tensor:
+    x = torch.randn(batch, 3, *size, device=args.device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _logits(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def inference_fn(model, x):
+    def run():
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+def train_step_fn(model, params, x, y, lr=1e-4):
+    opt = torch.optim.SGD(params, lr=lr)  # plain SGD: no optimizer state, so memory is weights + activations
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(_logits(model(x)), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def _figure(results: Dict, key: str, samples: Dict[str, List[float]], batch: int) -> None:
+    results[key] = {impl: dict(value=batch / median(s), spread=spread(s), samples=len(s))
+                    for impl, s in samples.items()}
+
+
+def _memory_figure(results: Dict, key: str, fns: Dict[str, Any], device: str) -> None:
+    results[key] = {impl: dict(value=float(min(peak_memory(fn, device) for _ in range(2)))) for impl, fn in fns.items()}
+
+
+def bench_model(name: str, args) -> Dict[str, Any]:
+    """All figures of one model and its twin; an error in one figure is recorded, the others still run."""
+    t_start = time.perf_counter()
+    entry: Dict[str, Any] = dict(model=name, twin=twin_name(name), figures={}, errors={})
+    figures = entry['figures']
+    pair = build_pair(name, args)
+    models, size = pair['models'], pair['size']
+    entry.update(kwargs=pair['kwargs'], img_size=list(size))
+    timing = dict(reps=args.reps, warmup=args.warmup, min_run_s=args.min_run_s, device=args.device)
+
+    def attempt(key: str, fn) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - recorded and reported in the table
+            entry['errors'][key] = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+            if args.verbose:
+                traceback.print_exc()
+
+    for m in models.values():
+        m.eval()
+
+    def flops():
+        x1 = make_input(1, size, args)
+        entry['flops_per_img'] = {impl: count_flops(inference_fn(m, x1)) for impl, m in models.items()}
+    if args.flops:
+        attempt('flops', flops)
+
+    # --- eager inference -------------------------------------------------------------------------
+    for key, batch in (('infer_b1', 1), ('infer_bn', args.batch)):
+        def infer(key=key, batch=batch):
+            x = make_input(batch, size, args)
+            samples = interleaved([(impl, inference_fn(m, x)) for impl, m in models.items()], **timing)
+            _figure(figures, key, samples, batch)
+        attempt(key, infer)
+
+    # --- eager training --------------------------------------------------------------------------
+    x = make_input(args.train_batch, size, args)
+    y = torch.randint(0, pair['num_classes'], (args.train_batch,), device=args.device)
+    for m in models.values():
+        m.train()
+    steps = {impl: train_step_fn(m, list(m.parameters()), x, y) for impl, m in models.items()}
+
+    def train():
+        samples = interleaved(list(steps.items()), **timing)
+        _figure(figures, 'train', samples, args.train_batch)
+    attempt('train', train)
+    attempt('train_mem', lambda: _memory_figure(figures, 'train_mem', steps, args.device))
+    if args.flops:
+        def train_flops():
+            entry['train_flops_per_img'] = count_flops(steps['timm']) / args.train_batch
+        attempt('flops', train_flops)
+
+    # --- torch.compile ---------------------------------------------------------------------------
+    if args.compile:
+        torch._dynamo.reset()
+        compiled = {impl: torch.compile(m, fullgraph=True, dynamic=False) for impl, m in models.items()}
+        entry['compile_s'] = {}
+
+        def c_infer():
+            xb = make_input(args.batch, size, args)
+            fns = {}
+            for impl, cm in compiled.items():
+                models[impl].eval()
+                fn = inference_fn(cm, xb)
+                t0 = time.perf_counter()
+                fn()
+                sync(args.device)
+                entry['compile_s'][impl] = time.perf_counter() - t0
+                fns[impl] = fn
+            samples = interleaved(list(fns.items()), **timing)
+            _figure(figures, 'c_infer_bn', samples, args.batch)
+        attempt('c_infer_bn', c_infer)
+
+        for m in models.values():
+            m.train()
+        c_steps = {impl: train_step_fn(cm, list(models[impl].parameters()), x, y) for impl, cm in compiled.items()}
+
+        def c_train():
+            for impl, step in c_steps.items():
+                t0 = time.perf_counter()
+                step()
+                sync(args.device)
+                entry['compile_s'][impl] = entry['compile_s'].get(impl, 0.0) + time.perf_counter() - t0
+            samples = interleaved(list(c_steps.items()), **timing)
+            _figure(figures, 'c_train', samples, args.train_batch)
+        attempt('c_train', c_train)
+        if 'c_train' in figures:
+            attempt('c_train_mem', lambda: _memory_figure(figures, 'c_train_mem', c_steps, args.device))
+        del compiled, c_steps
+        torch._dynamo.reset()
+
+    entry['seconds'] = time.perf_counter() - t_start
+    del models, steps, pair
+    gc.collect()
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+
+def _ratio(fig: Dict[str, Dict[str, float]]) -> Optional[float]:
+    ours, ref = fig['ours']['value'], fig['timm']['value']
+    return ours / ref if ref else None
+
+
+def _cell(fig: Optional[Dict], kind: str, error: Optional[str]) -> str:
+    if fig is None:
+        return 'error' if error else '-'
+    r = _ratio(fig)
+    if kind == 'mem':
+        ours, ref = fig['ours']['value'] / 2 ** 20, fig['timm']['value'] / 2 ** 20
+        return f'{fmt_num(ours)} / {fmt_num(ref)} = {r:.2f}x' if r is not None else f'{fmt_num(ours)} / {fmt_num(ref)}'
+    ours, ref = fig['ours']['value'], fig['timm']['value']
+    flag = ' (!)' if r is not None and r < 0.97 else ''
+    return f'{fmt_num(ours)} / {fmt_num(ref)} = **{r:.2f}x**{flag}'
+
+
+def render(report: Dict[str, Any]) -> str:
+    cfg = report['config']
+    out = ['## Machine', '']
+    out += [f'- {k}: {v}' for k, v in report['machine'].items()]
+    out += [f'- load average at end: {report.get("load_end", "n/a")}',
+            f'- measured `torch.mm` {cfg["mm_n"]}x{cfg["mm_n"]} float32: '
+            f'**{report["mm_flops"] / 1e9:.1f} GFLOP/s**', '']
+    out += ['## Settings', '', f'- command: `{report["command"]}`']
+    out += [f'- {k}: {v}' for k, v in cfg.items() if k not in ('mm_n',)]
+    out += ['']
+    entries = report['entries']
+    keys = [k for k, _, _ in FIGURES if any(k in e['figures'] or k in e['errors'] for e in entries)]
+    titles = {k: t.format(**cfg) for k, t, _ in FIGURES}
+    kinds = {k: kind for k, _, kind in FIGURES}
+    out += ['## Ours / timm', '',
+            'Each cell: ours / timm = ratio. Throughput in images/s (ratio > 1: ours faster; `(!)`: below 0.97); '
+            'peak memory of a training step in MiB above the weights and gradients at rest '
+            '(ratio < 1: ours smaller).', '']
+    header = ['model', 'args'] + [titles[k] for k in keys]
+    rows = []
+    for e in entries:
+        args = ', '.join(f'{k}={v}' for k, v in e.get('kwargs', {}).items() if k != 'img_size') or '-'
+        args += f'; {e["img_size"][0]}px' if 'img_size' in e else ''
+        rows.append([e['model'][len(PREFIX):], args] + [_cell(e['figures'].get(k), kinds[k], e['errors'].get(k))
+                                                         for k in keys])
+    out += [markdown_table(header, rows, 'll' + 'r' * len(keys)), '']
+
+    # summary: worst ratios
+    speed_ratios = [(r, e['model'], k) for e in entries for k in keys if kinds[k] == 'speed' and k in e['figures']
+                    for r in [_ratio(e['figures'][k])] if r is not None]
+    if speed_ratios:
+        worst = min(speed_ratios)
+        below = [f'{m[len(PREFIX):]} {titles[k]} {r:.2f}x' for r, m, k in sorted(speed_ratios) if r < 0.97]
+        out += [f'Throughput ratios: min **{worst[0]:.2f}x** ({worst[1][len(PREFIX):]}, {titles[worst[2]]}), '
+                f'median **{median([r for r, _, _ in speed_ratios]):.2f}x** over {len(speed_ratios)} figures; '
+                f'below 0.97x: {", ".join(below) if below else "none"}.', '']
+
+    # ceiling
+    rows = []
+    for e in entries:
+        fl = e.get('flops_per_img')
+        if not fl:
+            continue
+        f_ours, f_timm = fl['ours'], fl['timm']
+        row = [e['model'][len(PREFIX):], f'{f_ours / 1e9:.2f}' + ('' if f_ours == f_timm else f' (timm {f_timm / 1e9:.2f})')]
+        for key, per_img in (('infer_bn', f_ours), ('train', e.get('train_flops_per_img')),
+                             ('c_infer_bn', f_ours), ('c_train', e.get('train_flops_per_img'))):
+            fig = e['figures'].get(key)
+            if fig is None or not per_img:
+                row.append('-')
+                continue
+            achieved = per_img * fig['ours']['value']
+            row.append(f'{achieved / 1e9:.1f} ({100 * achieved / report["mm_flops"]:.0f}%)')
+        rows.append(row)
+    if rows:
+        out += ['## Ceiling', '',
+                f'Achieved GFLOP/s of ours (FLOPs per image from `FlopCounterMode` x images/s) and the share of the '
+                f'measured matmul rate ({report["mm_flops"] / 1e9:.1f} GFLOP/s).', '']
+        header = ['model', 'GFLOPs/img (fwd)', titles['infer_bn'], titles['train'], titles['c_infer_bn'],
+                  titles['c_train']]
+        out += [markdown_table(header, rows), '']
+
+    extra = []
+    for e in entries:
+        if e.get('compile_s'):
+            extra.append(f'- {e["model"][len(PREFIX):]}: compile (first inference + first training call) '
+                         f'ours {e["compile_s"].get("ours", 0):.0f} s, timm {e["compile_s"].get("timm", 0):.0f} s; '
+                         f'whole model {e["seconds"]:.0f} s')
+    if extra:
+        out += ['## Compile times', ''] + extra + ['']
+    errors = [f'- {e["model"]} {k}: {msg}' for e in entries for k, msg in e['errors'].items()]
+    out += ['## Errors', ''] + (errors or ['none']) + ['']
+    return '\n'.join(out)
+
+
+def merge(paths: Sequence[str]) -> Dict[str, Any]:
+    reports = []
+    for p in paths:
+        with open(p, encoding='utf-8') as f:
+            reports.append(json.load(f))
+    merged = dict(reports[0])
+    merged['entries'] = [e for r in reports for e in r['entries']]
+    merged['command'] = ' ; '.join(r['command'] for r in reports)
+    merged['machine'] = dict(reports[0]['machine'])
+    merged['machine']['load average (1, 5, 15 min) at start'] = ' / '.join(
+        r['machine']['load average (1, 5, 15 min) at start'] for r in reports)
+    merged['load_end'] = ' / '.join(r.get('load_end', 'n/a') for r in reports)
+    merged['mm_flops'] = median([r['mm_flops'] for r in reports])
+    return merged
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument('--models', default=None,
+                   help='comma-separated globs over the registered models (prefix optional), default all '
+                        f'(with --quick: {QUICK_MODEL})')
+    p.add_argument('--batch', type=int, default=None, help='inference batch besides 1 (default 8; --quick 2)')
+    p.add_argument('--train-batch', type=int, default=None, help='training batch (default 4; --quick 2)')
+    p.add_argument('--img-size', type=int, default=None,
+                   help="square input size (default: the twin's pretrained input size; --quick 64)")
+    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch default)')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                   help='also measure torch.compile(fullgraph=True) (default on; off with --quick)')
+    p.add_argument('--channels-last', action='store_true', help='models and inputs in channels_last')
+    p.add_argument('--reps', type=int, default=None, help='timed runs per figure and model (default 5; --quick 3)')
+    p.add_argument('--warmup', type=int, default=None, help='warm-up calls before timing (default 2; --quick 1)')
+    p.add_argument('--min-run-s', type=float, default=None,
+                   help='each timed run repeats the call until about this long (default 0.3 s; --quick 0.05)')
+    p.add_argument('--drop-path-rate', type=float, default=0.05, help='passed to both where both accept it')
+    p.add_argument('--drop-block-rate', type=float, default=0.05, help='passed to both where both accept it')
+    p.add_argument('--flops', action=argparse.BooleanOptionalAction, default=True,
+                   help='count FLOPs for the ceiling table')
+    p.add_argument('--mm-n', type=int, default=2048, help='matrix size of the matmul ceiling')
+    p.add_argument('--quick', action='store_true', help='one small model, tiny sizes, few reps (~1 minute)')
+    p.add_argument('--json', default=None, help='also write the raw results here (for --merge)')
+    p.add_argument('--output', default=None, help='also write the markdown here')
+    p.add_argument('--merge', nargs='+', default=None, metavar='JSON',
+                   help='render one report from the --json files of split runs, measure nothing')
+    p.add_argument('--verbose', action='store_true', help='print tracebacks of failed figures')
+    args = p.parse_args(argv)
+    quick = args.quick
+    defaults = dict(batch=2 if quick else 8, train_batch=2 if quick else 4, img_size=64 if quick else None,
+                    compile=not quick, reps=3 if quick else 5, warmup=1 if quick else 2,
+                    min_run_s=0.05 if quick else 0.3, models=QUICK_MODEL if quick else PREFIX + '*')
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.reps < 1 or args.batch < 1 or args.train_batch < 2:
+        p.error('--reps and --batch must be >= 1, --train-batch >= 2 (batch norm needs two samples)')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.merge:
+        text = render(merge(args.merge))
+    else:
+        quiet_torch_logs()
+        setup_torch(args.threads, args.device)
+        names = select_models(args.models)
+        report: Dict[str, Any] = dict(
+            command='python benchmarks/bench_models.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+            machine=machine_info(args.device),
+            config=dict(models=len(names), batch=args.batch, train_batch=args.train_batch,
+                        img_size=args.img_size or 'pretrained default', compile=args.compile,
+                        channels_last=args.channels_last, reps=args.reps, warmup=args.warmup,
+                        min_run_s=args.min_run_s, drop_path_rate=args.drop_path_rate,
+                        drop_block_rate=args.drop_block_rate, optimizer='SGD(lr=1e-4)', mm_n=args.mm_n),
+            entries=[])
+        report['mm_flops'] = matmul_flops(args.device, args.mm_n)
+        for name in names:
+            print(f'[bench_models] {name} vs {twin_name(name)} ...', file=sys.stderr, flush=True)
+            entry = bench_model(name, args)
+            report['entries'].append(entry)
+            print(f'[bench_models]   done in {entry["seconds"]:.0f} s; errors: {entry["errors"] or "none"}',
+                  file=sys.stderr, flush=True)
+            if args.json:  # written after every model, so a split run that is stopped keeps its results
+                report['load_end'] = load_average()
+                with open(args.json, 'w', encoding='utf-8') as f:
+                    json.dump(report, f, indent=1)
+        report['load_end'] = load_average()
+        report['mm_flops'] = median([report['mm_flops'], matmul_flops(args.device, args.mm_n)])
+        if args.json:
+            with open(args.json, 'w', encoding='utf-8') as f:
+                json.dump(report, f, indent=1)
+        text = render(report)
+    print(text)
+    if args.output:
+        with open(args.output, 'w', encoding='utf-8') as f:
+            f.write(text + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The benchmarks keep running (``--quick`` smoke runs; the tables are checked, never a time), and what they
+rely on keeps working: a model and the layers under ``torch.compile(fullgraph=True)`` in train and eval mode,
+in ``channels_last`` end to end, and DropBlock's fast eager path draws exactly the dense path's mask."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+
+from timm_metalayers.layers import ChannelLayerNorm, DropBlock, StochasticDepth, conv_norm, create_classifier
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATIO = re.compile(r'\*\*\d+\.\d\dx\*\*')
+
+
+def _run(script, *args, timeout=900):
+    env = dict(os.environ, PYTHONWARNINGS='ignore')
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _table_rows(text, first_cell):
+    return [line for line in text.splitlines() if line.startswith(f'| {first_cell} |')]
+
+
+def test_bench_models_quick_produces_the_table(tmp_path):
+    out_json = tmp_path / 'quick.json'
+    text = _run('bench_models.py', '--quick', '--threads', '1', '--json', str(out_json))
+    for heading in ('## Machine', '## Ours / timm', '## Ceiling', '## Errors'):
+        assert heading in text
+    assert re.search(r'- torch: \S+', text) and re.search(r'- threads: 1', text) and 'GFLOP/s' in text
+    assert '| model | args | infer b1 | infer b2 | train b2 | train peak MB |' in text
+    rows = _table_rows(text, 'resnet18')
+    assert len(rows) == 2  # the ratio table and the ceiling table
+    assert len(RATIO.findall(rows[0])) == 3  # three throughput ratios
+    assert 'drop_path_rate=0.05, drop_block_rate=0.05' in rows[0]
+    assert 'error' not in rows[0]
+
+    report = json.loads(out_json.read_text())
+    entry, = report['entries']
+    assert entry['model'] == 'metalayers_resnet18' and entry['twin'] == 'resnet18' and not entry['errors']
+    assert set(entry['figures']) == {'infer_b1', 'infer_bn', 'train', 'train_mem'}
+    assert entry['flops_per_img']['ours'] == entry['flops_per_img']['timm'] > 0  # same architecture
+    # split runs merge into one report without measuring again
+    merged = _run('bench_models.py', '--merge', str(out_json), str(out_json))
+    assert len(_table_rows(merged, 'resnet18')) == 4
+
+
+def test_bench_layers_quick_produces_the_table():
+    text = _run('bench_layers.py', '--quick', '--threads', '1')
+    rows = [line for line in text.splitlines() if line.startswith('| ') and RATIO.search(line)]
+    joined = '\n'.join(rows)
+    for name in ('timm DropBlock2d couple_channels=False', 'timm DropBlock2d couple_channels=True', 'timm DropPath',
+                 'torchvision stochastic_depth', 'timm ClassifierHead', 'timm LayerNorm2d', 'channels_last'):
+        assert name in joined, name
+
+
+# ---------------------------------------------------------------------------------------------
+# what the benchmarks rely on: compile (fullgraph, train and eval) and channels_last end to end
+# ---------------------------------------------------------------------------------------------
+
+def _tiny_resnet():
+    from timm_metalayers.models.resnet import ResNet
+    torch.manual_seed(0)
+    # one block per stage, with DropBlock (stages 3-4) and StochasticDepth, so every regulariser is traced
+    return ResNet('basicblock', [1, 1, 1, 1], num_classes=10, drop_rate=0.1, drop_path_rate=0.2,
+                  drop_block_rate=0.2)
+
+
+def test_tiny_resnet_compiles_fullgraph_train_and_eval_in_channels_last():
+    import torch._inductor.config
+    torch._dynamo.reset()
+    model = _tiny_resnet()
+    assert any(isinstance(m, DropBlock) for m in model.modules())
+    assert any(isinstance(m, StochasticDepth) for m in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.inference_mode():
+        ref = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    # fullgraph=True fails on any graph break; aot_eager traces forward and backward through AOTAutograd
+    # (inductor's C++ code generation is the slow part on small CI machines and adds nothing here)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend='aot_eager')
+    with torch.inference_mode():
+        features = model.forward_features(x_cl)
+        assert features.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(model(x_cl), ref, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(compiled(x_cl), ref, atol=1e-5, rtol=1e-5)
+
+    model.train()
+    with torch._inductor.config.patch(fallback_random=True):
+        torch.manual_seed(1)
+        out = compiled(x_cl)
+        torch.manual_seed(1)
+        eager = model(x_cl)
+    assert torch.allclose(out, eager, atol=1e-5, rtol=1e-5)
+    out.logsumexp(1).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    torch._dynamo.reset()
+
+
+def test_layers_keep_channels_last_and_values():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 12, 12)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    layers = [DropBlock(0.3, 3, generator=torch.Generator()), DropBlock(0.3, 4, generator=torch.Generator()),
+              StochasticDepth(0.3, generator=torch.Generator()), ChannelLayerNorm(8, 'relu'),
+              nn.Sequential(*conv_norm(3, 8, 8, pad=1))]
+    for layer in layers:
+        layer.train()
+        gen = getattr(layer, 'generator', None)
+        if gen is not None:
+            gen.manual_seed(5)
+        a = layer(x)
+        if gen is not None:
+            gen.manual_seed(5)
+        b = layer(x_cl)
+        assert b.is_contiguous(memory_format=torch.channels_last), layer
+        assert torch.allclose(a, b, atol=1e-6), layer
+    head = create_classifier(8, 5, pool_layer='avgmax')
+    assert torch.allclose(head(x), head(x_cl), atol=1e-6)
+
+
+@pytest.mark.parametrize('shape,block,p,gamma_scale', [
+    ((3, 5, 14, 14), 5, 0.1, 0.25), ((2, 7, 7, 7), 3, 0.3, 1.0), ((2, 3, 9, 6), 4, 0.5, 1.0),
+    ((2, 2, 5, 5), 9, 0.4, 1.0), ((1, 3, 1, 8), 3, 0.5, 1.0), ((2, 3, 8, 8), 1, 0.2, 1.0), ((2, 3, 8, 8), 3, 0.3, 0.0),
+])
+def test_dropblock_fast_eager_path_matches_the_dense_path(monkeypatch, shape, block, p, gamma_scale):
+    """On CPU in eager mode DropBlock expands its seeds by index; under torch.compile (and on accelerators) it
+    uses pad + max_pool2d. Both must give the same output and gradient for the same seeds."""
+    from timm_metalayers.layers.drop import _dropblock
+    x = torch.randn(*shape, dtype=torch.float64)
+    grad = torch.randn(*shape, dtype=torch.float64)
+    results = []
+    for dense in (False, True):
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda dense=dense: dense)
+        xr = x.clone().requires_grad_(True)
+        y = _dropblock(xr, p, block, gamma_scale, torch.Generator().manual_seed(11))
+        y.backward(grad)
+        results.append((y.detach(), xr.grad))
+    (y_fast, g_fast), (y_dense, g_dense) = results
+    assert torch.equal(y_fast, y_dense) and torch.equal(g_fast, g_dense)
+    if gamma_scale:
+        assert (y_fast == 0).any() or shape[2] * shape[3] < block  # something was dropped
