@@ -1,0 +1,330 @@
+"""timm_metalayers.finetune: folder data, digits, resume, export, torchrun and every bad-input path.
+
+Training runs in-process (``finetune.run`` / ``finetune.main``) on a tiny folder dataset written here;
+the command line and ``torchrun`` run as subprocesses. Nothing touches the network.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+import timm
+import timm_metalayers  # noqa: F401
+from timm_metalayers import finetune
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ['circle', 'cross', 'stripes']
+# small and fast: ResNet-18 on 32x32 inputs, batch 8
+FAST = ['--img-size', '32', '--batch-size', '8', '--workers', '0', '--warmup-epochs', '0.5', '--no-progress']
+
+
+def _draw(kind: str, rng: np.random.Generator, size: int = 24) -> Image.Image:
+    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
+    if kind == 'circle':
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (size // 4) ** 2
+        img[mask] = (230, 40, 40)
+    elif kind == 'cross':
+        mask = (abs(yy - cy) < 2) | (abs(xx - cx) < 2)
+        img[mask] = (40, 230, 40)
+    else:
+        mask = (yy // 3) % 2 == 0
+        img[mask] = (40, 40, 230)
+    return Image.fromarray(img)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread_under_xdist():
+    """Under ``pytest -n 2`` each worker gets one core; two threads each would oversubscribe it."""
+    if not os.environ.get('PYTEST_XDIST_WORKER'):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_dataset(root: Path, n_train: int = 8, n_val: int = 4, classes=CLASSES, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('val', n_val)):
+        for c in classes:
+            folder = root / split / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                _draw(c, rng).save(folder / f'{c}_{i}.png')
+    return root
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp('shapes') / 'data')
+
+
+def run(*argv) -> dict:
+    return finetune.run(finetune.parse_args([str(a) for a in argv]))
+
+
+def load(path: Path) -> dict:
+    return safetensors.torch.load_file(str(path))
+
+
+def checkpoint_dirs(out: Path):
+    return sorted(p.name for p in out.iterdir() if p.name.startswith('checkpoint-epoch'))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# A folder dataset: trains, logs, checkpoints, exports; the export loads back through timm
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def folder_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp('run')
+    result = run('--data-dir', data_dir, '--output', out, '--epochs', 2, '--ema', '--drop-rate', 0.1,
+                 '--drop-path-rate', 0.1, '--log-csv', out / 'log.csv', *FAST)
+    return out, result
+
+
+def test_folder_run_trains_logs_and_checkpoints(folder_run):
+    out, result = folder_run
+    assert result['finished'] and [r['epoch'] for r in result['history']] == [1, 2]
+    assert result['class_names'] == CLASSES
+    for row in result['history']:
+        assert np.isfinite(row['train_loss']) and 0 <= row['val_top1'] <= 100
+    assert result['val_images'] == 12
+    lines = (out / 'log.csv').read_text().splitlines()
+    assert lines[0].startswith('epoch,') and 'val_top1' in lines[0] and 'ema_val_top1' in lines[0]
+    assert len(lines) == 3
+    # exactly one checkpoint, complete, pointed at by checkpoint.json
+    assert checkpoint_dirs(out) == ['checkpoint-epoch0001']
+    state = json.loads((out / 'checkpoint.json').read_text())
+    assert state['epoch'] == 1 and state['model'] == 'metalayers_resnet18' and state['class_names'] == CLASSES
+    assert state['best']['val_top1'] == max(r['ema_val_top1'] for r in result['history'])
+    folder = out / 'checkpoint-epoch0001'
+    assert sorted(p.name for p in folder.iterdir()) == ['ema.safetensors', 'model.safetensors', 'train_state.pt']
+    train_state = torch.load(folder / 'train_state.pt', weights_only=True)  # tensors and plain containers only
+    assert {'optimizer', 'scheduler', 'rng', 'epoch'} <= set(train_state)
+    assert not list(out.glob('.*.tmp'))
+
+
+def test_export_loads_back_through_timm(folder_run, local_hub):
+    out, result = folder_run
+    hub = out / 'hub'
+    assert Path(result['export_dir']) == hub
+    assert sorted(p.name for p in hub.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((hub / 'config.json').read_text())
+    assert config['architecture'] == 'metalayers_resnet18' and config['num_classes'] == 3
+    assert config['label_names'] == CLASSES
+    assert tuple(config['pretrained_cfg']['input_size']) == (3, 32, 32)
+    assert 'tag' not in config['pretrained_cfg']  # trained from scratch: not the registered tv_in1k weights
+    card = (hub / 'README.md').read_text()
+    assert f"{result['val_top1']:.2f}%" in card and 'Validation top-1' in card
+
+    # the export holds the EMA weights the last epoch was validated with
+    reference = timm.create_model('metalayers_resnet18', num_classes=3).eval()
+    reference.load_state_dict(load(out / 'checkpoint-epoch0001' / 'ema.safetensors'))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(x)
+        from_dir = timm.create_model(f'local-dir:{hub}', pretrained=True).eval()
+        # (num_classes in the overlay too, or timm drops the 3-class head as not matching ImageNet's 1000)
+        from_file = timm.create_model('metalayers_resnet18', num_classes=3, pretrained=True, pretrained_cfg_overlay=dict(
+            file=str(hub / 'model.safetensors'), num_classes=3)).eval()
+        local_hub.add_folder('me/shapes', hub)
+        from_hub = timm.create_model('hf-hub:me/shapes', pretrained=True).eval()
+        for model in (from_dir, from_file, from_hub):
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    assert from_hub.pretrained_cfg['label_names'] == CLASSES
+
+
+# ------------------------------------------------------------------------------------------------
+# Interrupted and resumed == uninterrupted
+# ------------------------------------------------------------------------------------------------
+def _metrics(history):
+    return [{k: v for k, v in row.items() if k not in ('img_per_s', 'epoch_time_s')} for row in history]
+
+
+def test_resume_reproduces_the_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    common = ['--data-dir', data_dir, '--epochs', 2, '--ema', '--seed', 3, '--drop-path-rate', 0.1, '--no-export',
+              *FAST]
+    full = run(*common, '--output', tmp_path / 'full')
+
+    # 1) stopped after one epoch, then resumed
+    part = run(*common, '--output', tmp_path / 'split', '--stop-after', 1)
+    assert not part['finished'] and len(part['history']) == 1
+    resumed = run(*common, '--output', tmp_path / 'split', '--resume')
+    assert resumed['finished']
+
+    # 2) killed while writing the epoch-2 checkpoint: the epoch-1 checkpoint survives whole
+    real_save = torch.save
+    calls = []
+
+    def dying_save(obj, f, *a, **kw):
+        calls.append(f)
+        if len(calls) == 2:
+            raise KeyboardInterrupt('simulated kill during checkpoint writing')
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(*common, '--output', tmp_path / 'killed')
+    monkeypatch.setattr(torch, 'save', real_save)
+    killed = tmp_path / 'killed'
+    assert json.loads((killed / 'checkpoint.json').read_text())['epoch'] == 0
+    assert checkpoint_dirs(killed) == ['checkpoint-epoch0000'] and not list(killed.glob('.*.tmp'))
+    after_kill = run(*common, '--output', killed, '--resume')
+
+    for other, out in ((resumed, tmp_path / 'split'), (after_kill, killed)):
+        assert _metrics(other['history']) == _metrics(full['history'])
+        for name in ('model.safetensors', 'ema.safetensors'):
+            a = load(tmp_path / 'full' / 'checkpoint-epoch0001' / name)
+            b = load(out / 'checkpoint-epoch0001' / name)
+            assert a.keys() == b.keys()
+            for k in a:
+                torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pretrained weights from a local file, linear probe, layer decay, AMP
+# ------------------------------------------------------------------------------------------------
+def test_pretrained_file_with_frozen_backbone(data_dir, tmp_path):
+    timm_model = timm.create_model('resnet18')  # timm's own naming, 1000 classes: goes through our filter
+    pretrained = tmp_path / 'resnet18.safetensors'
+    safetensors.torch.save_file(timm_model.state_dict(), str(pretrained))
+    out = tmp_path / 'probe'
+    result = run('--data-dir', data_dir, '--pretrained-file', pretrained, '--freeze-backbone', '--epochs', 1,
+                 '--output', out, '--no-export', '--lr', 0.01, *FAST)
+    assert result['finished']
+    start = timm.create_model('metalayers_resnet18', num_classes=3, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(pretrained))).state_dict()
+    trained = load(out / 'checkpoint-epoch0000' / 'model.safetensors')
+    changed = sorted(k for k in start if not torch.equal(start[k], trained[k]))
+    assert changed == ['head.fc.bias', 'head.fc.weight']  # BatchNorm statistics included: untouched
+
+    # --initial-checkpoint: exact weights of this model (here: the probe's own checkpoint)
+    again = tmp_path / 'again'
+    run('--data-dir', data_dir, '--initial-checkpoint', out / 'checkpoint-epoch0000' / 'model.safetensors',
+        '--freeze-backbone', '--epochs', 1, '--output', again, '--no-export', '--lr', 0.01, *FAST)
+    retrained = load(again / 'checkpoint-epoch0000' / 'model.safetensors')
+    assert all(torch.equal(retrained[k], trained[k]) for k in trained if not k.startswith('head.fc.'))
+    assert not torch.equal(retrained['head.fc.weight'], trained['head.fc.weight'])
+
+
+def test_layer_decay_and_amp(data_dir, tmp_path):
+    out = tmp_path / 'ld'
+    result = run('--data-dir', data_dir, '--layer-decay', 0.7, '--amp', '--epochs', 1, '--output', out,
+                 '--no-export', '--opt', 'sgd', '--lr', 0.05, *FAST)
+    assert result['finished'] and np.isfinite(result['history'][0]['train_loss'])
+    groups = torch.load(out / 'checkpoint-epoch0000' / 'train_state.pt', weights_only=True)['optimizer']['param_groups']
+    scales = sorted({round(g['lr_scale'], 6) for g in groups})
+    assert len(scales) >= 5 and scales[-1] == 1.0 and scales[0] < 0.2  # stem ... head, from group_matcher
+
+
+# ------------------------------------------------------------------------------------------------
+# The embedded digits default, reduced
+# ------------------------------------------------------------------------------------------------
+def test_digits_default_learns(tmp_path):
+    result = run('--output', tmp_path / 'digits', '--epochs', 2, '--warmup-epochs', 0.5, '--no-progress',
+                 '--export-dir', tmp_path / 'digits-hub')
+    assert result['class_names'] == [str(i) for i in range(10)]
+    assert result['val_images'] == 360
+    assert result['val_top1'] > 50, result['history']  # chance: 10%
+    config = json.loads((tmp_path / 'digits-hub' / 'config.json').read_text())
+    assert tuple(config['pretrained_cfg']['input_size']) == (1, 32, 32)
+    assert config['label_names'] == [str(i) for i in range(10)]
+
+
+# ------------------------------------------------------------------------------------------------
+# torchrun: two CPU processes (gloo over loopback)
+# ------------------------------------------------------------------------------------------------
+def test_torchrun_two_processes(data_dir, tmp_path):
+    out, ranks = tmp_path / 'ddp', tmp_path / 'ranks'
+    env = dict(os.environ, OMP_NUM_THREADS='1', MASTER_ADDR='127.0.0.1')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--nnodes=1',
+           '--master_addr=127.0.0.1', f'--master_port={free_port()}', '-m', 'timm_metalayers.finetune',
+           '--data-dir', str(data_dir), '--output', str(out), '--epochs', '2', '--rank-log-dir', str(ranks), *FAST]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r0, r1 = (json.loads((ranks / f'rank{i}.json').read_text()) for i in range(2))
+    assert (r0['rank'], r1['rank'], r0['world_size']) == (0, 1, 2)
+    assert r0['history'] and _metrics(r0['history']) == _metrics(r1['history'])  # reduced across ranks
+    assert r0['weights_checksum'] == r1['weights_checksum']  # DDP kept the replicas equal
+    # 24 images: 12 per rank, one full batch of 8 each (drop_last), reduced over both ranks
+    assert r0['history'][0]['train_images'] == 16 and r0['val_images'] == 12
+    # one checkpoint, one export, one printout
+    assert checkpoint_dirs(out) == ['checkpoint-epoch0001']
+    assert (out / 'hub' / 'model.safetensors').is_file()
+    assert proc.stdout.count('epoch 1/2') == 1 and proc.stdout.count('exported to') == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, non-zero exit, no traceback
+# ------------------------------------------------------------------------------------------------
+def _fails(capsys, *argv, match: str):
+    code = finetune.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in err, err
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+def test_cli_error_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'timm_metalayers.finetune', '--data-dir', str(tmp_path / 'nope')],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f'error: --data-dir {tmp_path / "nope"} does not exist']
+
+
+def test_bad_data_folders(tmp_path, capsys):
+    _fails(capsys, '--data-dir', tmp_path / 'missing', match='does not exist')
+    (tmp_path / 'empty').mkdir()
+    _fails(capsys, '--data-dir', tmp_path / 'empty', match='is empty')
+    (tmp_path / 'noval' / 'train' / 'a').mkdir(parents=True)
+    _fails(capsys, '--data-dir', tmp_path / 'noval', match='no val/ folder')
+    (tmp_path / 'noclass' / 'train').mkdir(parents=True)
+    (tmp_path / 'noclass' / 'val').mkdir()
+    _fails(capsys, '--data-dir', tmp_path / 'noclass', match='has no class folders')
+    bad = write_dataset(tmp_path / 'hole', n_train=1, n_val=1)
+    (bad / 'train' / 'empty_class').mkdir()
+    (bad / 'train' / 'empty_class' / 'notes.txt').write_text('not an image')
+    _fails(capsys, '--data-dir', bad, match=f'class folder {bad / "train" / "empty_class"} has no images')
+    _fails(capsys, '--data-dir', write_dataset(tmp_path / 'ok', 1, 1), '--num-classes', 5, *FAST,
+           match='--num-classes 5 disagrees with the data, which has 3 classes')
+
+
+def test_unknown_model(capsys):
+    _fails(capsys, '--model', 'metalayers_resnet19', match="unknown model 'metalayers_resnet19'; did you mean")
+    _fails(capsys, '--model', 'metalayers_resnet18.nope', match="unknown pretrained tag 'nope'")
+
+
+def test_bad_checkpoints(folder_run, data_dir, tmp_path, capsys):
+    out, _ = folder_run
+    _fails(capsys, '--data-dir', data_dir, '--output', tmp_path / 'fresh', '--resume', *FAST,
+           match='nothing to resume')
+    _fails(capsys, '--data-dir', data_dir, '--resume', tmp_path / 'nowhere', *FAST, match='nothing to resume')
+    # a checkpoint of another architecture, three ways
+    _fails(capsys, '--data-dir', data_dir, '--model', 'metalayers_resnet34', '--output', out, '--resume', *FAST,
+           match='is from metalayers_resnet18, not metalayers_resnet34')
+    weights = out / 'checkpoint-epoch0001' / 'model.safetensors'
+    _fails(capsys, '--data-dir', data_dir, '--model', 'metalayers_resnet50', '--initial-checkpoint', weights,
+           '--output', tmp_path / 'x', *FAST, match='cannot load --initial-checkpoint')
+    _fails(capsys, '--data-dir', data_dir, '--model', 'metalayers_resnet50', '--pretrained-file', weights,
+           '--output', tmp_path / 'y', *FAST, match='cannot load')
