@@ -131,23 +131,23 @@ def test_layers_keep_channels_last_and_values():
 
 
 @pytest.mark.parametrize('shape,block,p,gamma_scale', [
-    ((3, 5, 14, 14), 5, 0.1, 0.25), ((2, 7, 7, 7), 3, 0.3, 1.0), ((2, 3, 9, 6), 4, 0.5, 1.0),
+    ((8, 16, 14, 14), 5, 0.1, 0.25), ((2, 7, 7, 7), 3, 0.3, 1.0), ((2, 3, 9, 6), 4, 0.5, 1.0),
     ((2, 2, 5, 5), 9, 0.4, 1.0), ((1, 3, 1, 8), 3, 0.5, 1.0), ((2, 3, 8, 8), 1, 0.2, 1.0), ((2, 3, 8, 8), 3, 0.3, 0.0),
+    ((2, 3, 6, 6), 2, 1.0, 1.0),
 ])
-def test_dropblock_fast_eager_path_matches_the_dense_path(monkeypatch, shape, block, p, gamma_scale):
-    """On CPU in eager mode DropBlock expands its seeds by index; under torch.compile (and on accelerators) it
-    uses pad + max_pool2d. Both must give the same output and gradient for the same seeds."""
-    from timm_metalayers.layers.drop import _dropblock
-    x = torch.randn(*shape, dtype=torch.float64)
-    grad = torch.randn(*shape, dtype=torch.float64)
-    results = []
-    for dense in (False, True):
-        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda dense=dense: dense)
-        xr = x.clone().requires_grad_(True)
-        y = _dropblock(xr, p, block, gamma_scale, torch.Generator().manual_seed(11))
-        y.backward(grad)
-        results.append((y.detach(), xr.grad))
-    (y_fast, g_fast), (y_dense, g_dense) = results
-    assert torch.equal(y_fast, y_dense) and torch.equal(g_fast, g_dense)
+def test_dropblock_sparse_keep_mask_equals_the_dense_one(shape, block, p, gamma_scale):
+    """In eager mode on CPU (and as a custom op under torch.compile) DropBlock expands its seeds into blocks by
+    index; on accelerators it max-pools the padded seeds. Both must give the same mask for the same seeds."""
+    from timm_metalayers.layers import drop
+    N, C, H, W = shape
+    bh, bw = min(block, H), min(block, W)
+    gamma = min(gamma_scale * p * H * W / (bh * bw) / ((H - bh + 1) * (W - bw + 1)), 1.0)
+    seeds = torch.empty(N, C, H - bh + 1, W - bw + 1).bernoulli_(gamma, generator=torch.Generator().manual_seed(3))
+    dense = drop._dense_keep_mask(seeds, bh, bw)
+    sparse = drop._sparse_keep_mask(seeds, H, W, bh, bw)
+    assert sparse.dtype == dense.dtype == torch.float32 and sparse.shape == dense.shape == shape
+    assert torch.equal(sparse, dense)
+    if drop._keep_mask_op is not None:
+        assert torch.equal(drop._keep_mask_op(seeds, H, W, bh, bw), dense)
     if gamma_scale:
-        assert (y_fast == 0).any() or shape[2] * shape[3] < block  # something was dropped
+        assert (dense == 0).any()

@@ -31,12 +31,7 @@ def _check_generator(generator: object) -> Optional[torch.Generator]:
 
 
 def _dropped_blocks(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
-    """The (N, C, H, W) boolean map of the pixels covered by the ``(bh, bw)`` blocks that start at the seeds.
-
-    Equal to ``max_pool2d(pad(seeds, (bw - 1, bw - 1, bh - 1, bh - 1)), (bh, bw), stride=1) > 0``, but
-    computed from the seed positions: seeds are rare (gamma is a few per mille), and PyTorch's CPU
-    ``max_pool2d`` with stride 1 costs ``bh * bw`` strided loads per pixel of every channel.
-    """
+    """The (N, C, H, W) boolean map of the pixels covered by the ``(bh, bw)`` blocks that start at the seeds."""
     N, C, vh, vw = seeds.shape
     starts = seeds.reshape(-1).nonzero().reshape(-1)
     plane = torch.div(starts, vh * vw, rounding_mode='floor')
@@ -48,6 +43,55 @@ def _dropped_blocks(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> to
     dropped = torch.zeros(N * C * H * W, dtype=torch.bool, device=seeds.device)
     dropped.index_fill_(0, covered, True)
     return dropped.view(N, C, H, W)
+
+
+def _sparse_keep_mask(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
+    """The rescaled float32 keep mask (N, C, H, W) of the seeds, built from the seed positions.
+
+    The same values as ``_dense_keep_mask``, several times faster on CPU: seeds are rare (gamma is a few
+    per mille) while PyTorch's CPU ``max_pool2d`` with stride 1 makes ``bh * bw`` strided loads for every
+    pixel of every channel. (``nonzero`` would make an accelerator wait for the host, so it is CPU-only.)
+    """
+    dropped = _dropped_blocks(seeds, H, W, bh, bw)
+    numel = dropped.numel()
+    kept = (numel - torch.count_nonzero(dropped)).clamp(min=1).to(torch.float32)
+    # Rescale so the mean activation is kept; a mask that drops everything gives zeros, not 0 / 0.
+    return torch.where(dropped, 0.0, numel / kept)
+
+
+def _dense_keep_mask(seeds: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
+    """The rescaled float32 keep mask of the seeds: each seed's block by a max-pool over the padded seeds."""
+    if bh > 1 or bw > 1:
+        seeds = F.pad(seeds, (bw - 1, bw - 1, bh - 1, bh - 1))
+        dropped = F.max_pool2d(seeds, (bh, bw), stride=1)
+    else:
+        dropped = seeds
+    keep = 1.0 - dropped
+    # Rescale so the mean activation is kept; a mask that drops everything gives zeros, not 0 / 0.
+    return keep * (keep.numel() / keep.sum().clamp(min=1.0))
+
+
+# Under torch.compile the sparse mask runs as an opaque custom op: nonzero's data-dependent size stays inside
+# it, so the graph has no break (fullgraph=True works) and static shapes; inductor calls it like an ATen kernel.
+_keep_mask_op = None
+if hasattr(torch.library, 'custom_op'):  # torch >= 2.4
+    try:
+        @torch.library.custom_op('timm_metalayers::dropblock_keep_mask', mutates_args=(), device_types='cpu')
+        def _keep_mask_op(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
+            return _sparse_keep_mask(seeds, H, W, bh, bw)
+
+        @_keep_mask_op.register_fake
+        def _(seeds, H, W, bh, bw):
+            return seeds.new_empty((seeds.shape[0], seeds.shape[1], H, W))
+    except RuntimeError:  # already registered (the module was loaded twice)
+        _keep_mask_op = None
+
+
+@torch.jit.unused
+def _compiled_keep_mask(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
+    if _keep_mask_op is None:
+        return _dense_keep_mask(seeds, bh, bw)
+    return _keep_mask_op(seeds, H, W, bh, bw)
 
 
 def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_scale: float,
@@ -68,23 +112,12 @@ def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_s
     # (The mask never requires grad, so no torch.no_grad() is needed.)
     seeds = torch.empty((N, C, valid_h, valid_w), dtype=torch.float32, device=x.device)
     seeds.bernoulli_(gamma, generator=generator)
-    if x.is_cpu and not torch.compiler.is_compiling():
-        # Eager on CPU: expand the (rare) seeds into blocks by index; the same mask as below, several
-        # times faster. Not under torch.compile (nonzero has a data-dependent size; inductor fuses the
-        # dense form) nor on accelerators (nonzero would synchronise with the host).
-        dropped = _dropped_blocks(seeds, H, W, bh, bw)
-        numel = dropped.numel()
-        kept = (numel - torch.count_nonzero(dropped)).clamp(min=1).to(torch.float32)
-        # Rescale so the mean activation is kept; a mask that drops everything gives zeros, not 0 / 0.
-        keep = torch.where(dropped, 0.0, numel / kept)
+    if not x.is_cpu:
+        keep = _dense_keep_mask(seeds, bh, bw)
+    elif torch.compiler.is_compiling():
+        keep = _compiled_keep_mask(seeds, H, W, bh, bw)
     else:
-        if bh > 1 or bw > 1:
-            seeds = F.pad(seeds, (bw - 1, bw - 1, bh - 1, bh - 1))
-            dropped = F.max_pool2d(seeds, (bh, bw), stride=1)
-        else:
-            dropped = seeds
-        keep = 1.0 - dropped
-        keep = keep * (keep.numel() / keep.sum().clamp(min=1.0))
+        keep = _sparse_keep_mask(seeds, H, W, bh, bw)
     return x * keep.to(x.dtype)
 
 
