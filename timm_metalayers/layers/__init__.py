@@ -22,3 +22,8 @@ __all__ = [
 
 from .mbconv import MBConv, dwsep_conv_norm, mbconv
 __all__ += ['dwsep_conv_norm', 'mbconv', 'MBConv']
+from .attention import MultiHeadSelfAttention
+from .embedding import ClassTokens, PatchEmbedding, ViPosEmbedding
+from .mlp import mlp_block
+
+__all__ += ['MultiHeadSelfAttention', 'PatchEmbedding', 'ClassTokens', 'ViPosEmbedding', 'mlp_block']

@@ -1,0 +1,520 @@
+"""Vision Transformer (ViT) built from ``timm_metalayers.layers``, as Metalhead.jl builds its ``vit``.
+
+``PatchEmbedding`` → ``ClassTokens`` → ``ViPosEmbedding`` → dropout → ``depth`` encoder blocks → class token
+or mean of the patch tokens → ``LayerNormV2`` → ``create_classifier`` head. Each encoder block is two residual
+branches, ``x + StochasticDepth(LayerScale(prenorm(dim, body)(x)))``, with ``MultiHeadSelfAttention`` and then
+``mlp_block`` as the body. The registered ``metalayers_vit_*`` models load timm's ViT weights from the Hub
+through ``checkpoint_filter_fn``.
+"""
+import os
+import re
+from contextlib import nullcontext
+from functools import partial
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
+
+import torch
+from torch import nn
+from timm.layers import register_notrace_module, resample_abs_pos_embed, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from ..layers import (ClassTokens, LayerNormV2, LayerScale, MultiHeadSelfAttention, PatchEmbedding, StochasticDepth,
+                      ViPosEmbedding, create_classifier, linear_scheduler, mlp_block, prenorm)
+from ..layers._factory import (ActivationArg, NormArg, check_positive_int, check_probability, create_norm,
+                               resolve_norm_layer)
+from .._timm_tests import hub_offline, skip_timm_test
+from ._helpers import CheckpointMismatchError, pre_logits_depth, remap_checkpoint, timm_pretrained_cfg
+
+try:  # timm >= 1.0.20 records resizes / head changes for checkpoint reconstruction
+    from timm.models._input import update_model_args, update_model_input_size
+except ImportError:  # pragma: no cover - older timm
+    def update_model_args(model: nn.Module, **model_args: Any) -> None:
+        pass
+
+    def update_model_input_size(model: nn.Module, img_size: Any, **model_args: Any) -> None:
+        pass
+
+__all__ = ['VisionTransformer', 'EncoderBlock', 'transformer_encoder', 'vit', 'checkpoint_filter_fn']
+
+# LayerNormV2 checks its input shape in Python, which torch.fx cannot trace through: keep it a leaf.
+register_notrace_module(LayerNormV2)
+
+GLOBAL_POOLS = ('token', 'avg', 'max', 'avgmax', '')
+
+# timm's own model tests (``pytest -p timm_metalayers``) that cannot apply to a ViT; the README says why.
+skip_timm_test(
+    'test_model_default_cfgs', 'metalayers_vit_*',
+    'a ViT\'s forward_features returns tokens (N, 1 + H*W, C) with the class token first, not a spatial map: '
+    'there is no pool_size and global_pool="" cannot give a 4-D output. timm runs its own ViTs through '
+    'test_model_default_cfgs_non_std instead (its "vit_*" filter misses the metalayers_ prefix); '
+    'tests/test_vit.py runs those checks on these models.')
+skip_timm_test('test_model_*_pretrained', 'metalayers_vit_*',
+               'downloads the weights from the Hub, and HF_HUB_OFFLINE is set', when=hub_offline)
+skip_timm_test(
+    'test_prune_intermediate_layers_contract', 'metalayers_vit_large_patch16_224',
+    'ViT-L at its fixed 224 input: 24 taps, each with deep copies, forwards and a backward of the 300M-parameter '
+    'model, take ~11 CPU-minutes, over the test\'s 360 s timeout (timm keeps this unmarked test out of its own CI). '
+    'The other metalayers_vit models run it; set TIMM_METALAYERS_SLOW_TESTS=1 to run it here too.',
+    when=lambda: os.environ.get('TIMM_METALAYERS_SLOW_TESTS', '') != '1')
+
+
+class EncoderBlock(nn.Module):
+    """A transformer encoder block: attention and MLP as pre-norm residual branches.
+
+    ``x = x + drop_path1(ls1(attn(x)))`` then ``x = x + drop_path2(ls2(mlp(x)))``, where ``attn`` is
+    ``prenorm(dim, MultiHeadSelfAttention(...))`` and ``mlp`` is ``prenorm(dim, mlp_block(...))``;
+    ``ls1``/``ls2`` are ``LayerScale`` (without parameters when ``init_values`` is None) and
+    ``drop_path1``/``drop_path2`` are ``StochasticDepth(drop_path)``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 init_values: Optional[float] = None, drop_path: float = 0.0, proj_drop: float = 0.0,
+                 attn_drop: float = 0.0, act_layer: ActivationArg = 'gelu', norm_layer: NormArg = None,
+                 device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        norm_layer = norm_layer or partial(LayerNormV2, eps=1e-6, **dd)
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+            raise ValueError(f'mlp_ratio must be a number > 0, got {mlp_ratio!r}')
+        attn = MultiHeadSelfAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                                      **dd)
+        self.attn = prenorm(dim, attn, norm_layer=norm_layer)
+        self.ls1 = LayerScale(dim, init_values, **dd)
+        self.drop_path1 = StochasticDepth(drop_path)
+        self.mlp = prenorm(dim, mlp_block(dim, int(dim * mlp_ratio), act_layer, proj_drop, **dd), norm_layer=norm_layer)
+        self.ls2 = LayerScale(dim, init_values, **dd)
+        self.drop_path2 = StochasticDepth(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(x)))
+        x = x + self.drop_path2(self.ls2(self.mlp(x)))
+        return x
+
+
+def transformer_encoder(dim: int, depth: int, num_heads: int, *, drop_path_rate: float = 0.0,
+                        **block_kwargs: Any) -> nn.Sequential:
+    """``depth`` ``EncoderBlock``s; block ``i`` drops its branches with ``linear_scheduler(drop_path_rate,
+    depth=depth)[i]``. ``block_kwargs`` go to every block (``mlp_ratio``, ``qkv_bias``, ``init_values``, ...)."""
+    check_positive_int(depth, 'depth')
+    rates = linear_scheduler(drop_path_rate, depth=depth)
+    return nn.Sequential(*[EncoderBlock(dim, num_heads, drop_path=p, **block_kwargs) for p in rates])
+
+
+def _check_global_pool(global_pool: object, class_token: bool) -> str:
+    if not isinstance(global_pool, str) or global_pool not in GLOBAL_POOLS:
+        raise ValueError(f'global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}')
+    if global_pool == 'token' and not class_token:
+        raise ValueError("global_pool='token' needs the class token, got class_token=False")
+    return global_pool
+
+
+class VisionTransformer(nn.Module):
+    """Vision Transformer with timm's model API (see the module docstring for the structure).
+
+    Args:
+        img_size: input image size (int or ``(H, W)``).
+        patch_size: patch side (int or ``(h, w)``).
+        in_chans: image channels.
+        num_classes: classes of the head; 0 gives pooled features.
+        global_pool: ``'token'`` (class token), ``'avg'`` / ``'max'`` / ``'avgmax'`` over the patch tokens,
+            or ``''`` (no pooling: the head sees every token).
+        embed_dim: token width.
+        depth: number of encoder blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: hidden width of the MLPs relative to ``embed_dim``.
+        qkv_bias: learn biases in the attention's ``qkv`` projection.
+        init_values: ``LayerScale`` initial value on every branch; None leaves LayerScale off.
+        class_token: prepend a class token.
+        fc_norm: apply the final norm after pooling (True) or to every token before it (False); None chooses
+            True for the pooling modes other than ``'token'``, as timm does. The weights are the same ``norm``.
+        dynamic_img_size: accept images of any size (divisible by the patch size), resampling the position
+            embedding on the fly.
+        dynamic_img_pad: pad images to a multiple of the patch size.
+        drop_rate: dropout in the head (``create_classifier(dropout_prob=...)``).
+        pos_drop_rate: dropout after the position embedding.
+        proj_drop_rate: dropout after the attention projection and in the MLPs.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth, scheduled over the blocks by ``linear_scheduler``.
+        act_layer: activation of the MLPs (default GELU).
+        norm_layer: normalisation of the blocks and the final norm (default ``LayerNormV2`` with eps 1e-6).
+        weight_init: ``''`` for timm's ViT initialisation, ``'skip'`` to keep the layers' own.
+    """
+    dynamic_img_size: torch.jit.Final[bool]
+    norm_after_pool: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: Union[int, Tuple[int, int]] = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'token',
+            embed_dim: int = 768,
+            depth: int = 12,
+            num_heads: int = 12,
+            mlp_ratio: float = 4.0,
+            qkv_bias: bool = True,
+            init_values: Optional[float] = None,
+            class_token: bool = True,
+            fc_norm: Optional[bool] = None,
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
+            drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
+            attn_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            act_layer: ActivationArg = None,
+            norm_layer: NormArg = None,
+            weight_init: str = '',
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if not isinstance(class_token, bool):
+            raise TypeError(f'class_token must be True or False, got {class_token!r}')
+        self.global_pool = _check_global_pool(global_pool, class_token)
+        if fc_norm is not None and not isinstance(fc_norm, bool):
+            raise TypeError(f'fc_norm must be True, False or None, got {fc_norm!r}')
+        if weight_init not in ('', 'skip'):
+            raise ValueError(f"weight_init must be '' or 'skip', got {weight_init!r}")
+        self.num_classes = check_positive_int(num_classes, 'num_classes', allow_zero=True)
+        self.in_chans = check_positive_int(in_chans, 'in_chans')
+        self.num_features = self.head_hidden_size = self.embed_dim = check_positive_int(embed_dim, 'embed_dim')
+        self.drop_rate = check_probability(drop_rate, 'drop_rate', allow_none=False)
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.has_class_token = class_token
+        self.dynamic_img_size = bool(dynamic_img_size)
+        self.norm_after_pool = global_pool not in ('token', '') if fc_norm is None else fc_norm
+        self.grad_checkpointing = False
+
+        dd = dict(device=device, dtype=dtype)
+        norm_factory = resolve_norm_layer(norm_layer) or partial(LayerNormV2, eps=1e-6, **dd)
+        with torch.device(device) if device is not None else nullcontext():
+            self.patch_embed = PatchEmbedding(img_size, patch_size, in_chans, embed_dim, dynamic_img_size=dynamic_img_size,
+                                              dynamic_img_pad=dynamic_img_pad, **dd)
+            num_patches = self.patch_embed.num_patches
+            self.cls_token = ClassTokens(embed_dim, **dd) if class_token else nn.Identity()
+            self.pos_embed = ViPosEmbedding(num_patches + self.num_prefix_tokens, embed_dim,
+                                            num_prefix_tokens=self.num_prefix_tokens,
+                                            grid_size=self.patch_embed.grid_size, **dd)
+            self.pos_drop = nn.Dropout(check_probability(pos_drop_rate, 'pos_drop_rate', allow_none=False))
+            self.blocks = transformer_encoder(
+                embed_dim, depth, num_heads, drop_path_rate=drop_path_rate, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                init_values=init_values, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                act_layer='gelu' if act_layer is None else act_layer, norm_layer=norm_factory, **dd)
+            self.norm = create_norm(norm_factory, embed_dim)
+            self.head = self._make_head(num_classes)
+        if dtype is not None:
+            self.to(dtype=dtype)  # layers built by user factories may not take a dtype
+        reduction = self.patch_embed.feat_ratio()
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        if weight_init != 'skip':
+            self.init_weights()
+
+    def _make_head(self, num_classes: int) -> nn.Sequential:
+        head = create_classifier(self.embed_dim, num_classes, pool_layer=None, dropout_prob=self.drop_rate or None)
+        self._pre_logits_depth = pre_logits_depth(head)  # the entries before ``fc`` (the dropout)
+        return head
+
+    @torch.jit.ignore
+    def init_weights(self) -> None:
+        """timm's ViT initialisation: truncated normal (std 0.02) for Linear weights and the position embedding,
+        zero biases, a near-zero class token."""
+        trunc_normal_(self.pos_embed.weight, std=0.02)
+        if isinstance(self.cls_token, ClassTokens):
+            nn.init.normal_(self.cls_token.token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {'pos_embed.weight', 'cls_token.token'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^cls_token|^pos_embed|^patch_embed',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new head for ``num_classes`` (0: none); ``global_pool`` changes the pooling, None keeps it."""
+        self.num_classes = check_positive_int(num_classes, 'num_classes', allow_zero=True)
+        if global_pool is not None:
+            self.global_pool = _check_global_pool(global_pool, self.has_class_token)
+            update_model_args(self, fc_norm=self.norm_after_pool)
+        param = next(self.parameters(), None)
+        with torch.device(param.device) if param is not None else nullcontext():
+            head = self._make_head(num_classes)
+        if param is not None:
+            head = head.to(dtype=param.dtype)
+        self.head = head.train(self.training)
+
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Rebuild for another image size, resampling the learned position embedding."""
+        if img_size is not None:
+            self.patch_embed.set_input_size(img_size)
+            self.pos_embed.set_grid_size(self.patch_embed.grid_size)
+        update_model_input_size(self, self.patch_embed.img_size)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_img_size:
+            grid = self.patch_embed.dynamic_feat_size((x.shape[-2], x.shape[-1]))
+            x = self.cls_token(self.patch_embed(x))
+            x = self.pos_embed(x, [grid[0], grid[1]])
+        else:
+            x = self.pos_embed(self.cls_token(self.patch_embed(x)))
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(N, prefix + patches, embed_dim)`` after the blocks (and the final norm unless it
+        follows the pooling)."""
+        x = self._embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        if not self.norm_after_pool:
+            x = self.norm(x)
+        return x
+
+    def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
+        """Pool tokens to ``(N, embed_dim)``: the class token, or the mean / max of the patch tokens."""
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if pool_type == '':
+            return x
+        if pool_type == 'token':
+            return x[:, 0]
+        x = x[:, self.num_prefix_tokens:]
+        if pool_type == 'avg':
+            return x.mean(dim=1)
+        if pool_type == 'max':
+            return x.amax(dim=1)
+        return 0.5 * (x.amax(dim=1) + x.mean(dim=1))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        if self.norm_after_pool:
+            x = self.norm(x)
+        if pre_logits:
+            for i, module in enumerate(self.head):
+                if i < self._pre_logits_depth:
+                    x = module(x)
+            return x
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Outputs of the blocks at ``indices`` (timm's API).
+
+        Args:
+            x: images.
+            indices: the last n blocks (int), the given blocks (list; negative from the end), or all (None).
+            return_prefix_tokens: return ``(patch features, prefix tokens)`` pairs.
+            norm: apply the final norm to each intermediate.
+            stop_early: stop after the last block asked for.
+            output_fmt: ``'NCHW'`` (patch tokens as a map) or ``'NLC'`` (tokens).
+            intermediates_only: return only the intermediates, not the final features too.
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B, _, height, width = x.shape
+        x = self._embed(x)
+        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[:max_index + 1]
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+
+        prefix_tokens = [y[:, 0:self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == 'NCHW':
+            H, W = self.patch_embed.dynamic_feat_size((height, width))
+            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if not torch.jit.is_scripting() and return_prefix_tokens and self.num_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        if not self.norm_after_pool:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm / head if asked)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+# timm's ViT names → ours. Block keys: norm1/attn → attn.0/attn.1 (prenorm), norm2/mlp → mlp.0/mlp.1.
+_BLOCK_PARTS = {'norm1': 'attn.0', 'attn': 'attn.1', 'ls1': 'ls1', 'norm2': 'mlp.0', 'mlp': 'mlp.1', 'ls2': 'ls2'}
+_TOP_LEVEL = {'cls_token': 'cls_token.token', 'pos_embed': 'pos_embed.weight'}
+
+
+def _timm_to_ours(key: str) -> Optional[str]:
+    if key in _TOP_LEVEL:
+        return _TOP_LEVEL[key]
+    m = re.match(r'blocks\.(\d+)\.(norm1|attn|ls1|norm2|mlp|ls2)\.(.+)$', key)
+    if m:
+        return f'blocks.{m.group(1)}.{_BLOCK_PARTS[m.group(2)]}.{m.group(3)}'
+    if key.startswith('head.'):
+        return 'head.fc.' + key[len('head.'):]
+    if key.startswith('fc_norm.'):  # timm's norm after pooling is our one final norm
+        return 'norm.' + key[len('fc_norm.'):]
+    if key.startswith('pre_logits.'):  # representation layer of old in21k checkpoints, unused (as in timm)
+        return None
+    return key  # patch_embed.proj.*, norm.*; anything else is reported as unmapped
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VisionTransformer) -> Dict[str, torch.Tensor]:
+    """Map a timm ViT checkpoint (or one in our naming) onto ``model``, strictly.
+
+    Every key must map and every shape must match, except the position embedding, which is resampled
+    (bicubic, antialiased, as timm does) when the model's patch grid differs from the checkpoint's.
+    Raises ``CheckpointMismatchError`` naming the offending keys.
+    """
+    patch_weight = state_dict.get('patch_embed.proj.weight')
+
+    def resample_pos_embed(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if key != 'pos_embed.weight' or value.dim() != 3 or value.shape[-1] != target.shape[-1]:
+            return value  # reported as a shape mismatch
+        prefix = model.num_prefix_tokens
+        old_grid = _checkpoint_grid(model, patch_weight, value.shape[1] - prefix)
+        if old_grid is None:
+            raise CheckpointMismatchError(
+                f'pos_embed: cannot tell the patch grid of a checkpoint with {value.shape[1] - prefix} patch '
+                f'positions (not a square; pretrained_cfg input_size does not match either)')
+        return resample_abs_pos_embed(value, new_size=list(model.patch_embed.grid_size), old_size=list(old_grid),
+                                      num_prefix_tokens=prefix, interpolation='bicubic', antialias=True)
+
+    return remap_checkpoint(state_dict, model, _timm_to_ours, reshape=resample_pos_embed)
+
+
+def _checkpoint_grid(model: nn.Module, patch_weight: Optional[torch.Tensor], num_patches: int
+                     ) -> Optional[Tuple[int, int]]:
+    """The checkpoint's patch grid: from ``pretrained_cfg['input_size']`` if it accounts for every patch,
+    else a square."""
+    if num_patches < 1:
+        return None
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    input_size = cfg.get('input_size')
+    if input_size is not None:
+        patch = tuple(patch_weight.shape[-2:]) if patch_weight is not None and patch_weight.dim() == 4 \
+            else model.patch_embed.patch_size
+        grid = (input_size[-2] // patch[0], input_size[-1] // patch[1])
+        if grid[0] * grid[1] == num_patches:
+            return grid
+    side = int(round(num_patches ** 0.5))
+    return (side, side) if side * side == num_patches else None
+
+
+def vit(variant: str, pretrained: bool = False, arch: Optional[Dict[str, Any]] = None, **kwargs: Any
+        ) -> VisionTransformer:
+    """The family's builder: ``VisionTransformer`` with the architecture ``arch`` (``patch_size``,
+    ``embed_dim``, ``depth``, ``num_heads``, ...) overridden by ``kwargs``, through timm's
+    ``build_model_with_cfg`` (pretrained weights via ``checkpoint_filter_fn``, ``features_only`` via
+    ``forward_intermediates``; ``out_indices`` defaults to the last 3 blocks)."""
+    kwargs = {**(arch or {}), **kwargs}
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        VisionTransformer, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(timm_name: str) -> Dict[str, Any]:
+    """timm's pretrained cfg of ``timm_name`` (input size, mean/std 0.5, crop, licence, ...) with our layer names;
+    the weights are the ``model.safetensors`` of timm's Hub repository ``timm/<timm_name>``."""
+    return timm_pretrained_cfg(timm_name, first_conv='patch_embed.proj', classifier='head.fc')
+
+
+default_cfgs = generate_default_cfgs({
+    'metalayers_vit_tiny_patch16_224.augreg_in21k_ft_in1k': _cfg('vit_tiny_patch16_224.augreg_in21k_ft_in1k'),
+    'metalayers_vit_small_patch16_224.augreg_in21k_ft_in1k': _cfg('vit_small_patch16_224.augreg_in21k_ft_in1k'),
+    'metalayers_vit_base_patch16_224.augreg2_in21k_ft_in1k': _cfg('vit_base_patch16_224.augreg2_in21k_ft_in1k'),
+    'metalayers_vit_base_patch16_224.augreg_in21k_ft_in1k': _cfg('vit_base_patch16_224.augreg_in21k_ft_in1k'),
+    'metalayers_vit_base_patch32_224.augreg_in21k_ft_in1k': _cfg('vit_base_patch32_224.augreg_in21k_ft_in1k'),
+    'metalayers_vit_large_patch16_224.augreg_in21k_ft_in1k': _cfg('vit_large_patch16_224.augreg_in21k_ft_in1k'),
+    'metalayers_vit_base_patch16_384.augreg_in21k_ft_in1k': _cfg('vit_base_patch16_384.augreg_in21k_ft_in1k'),
+})
+
+
+@register_model
+def metalayers_vit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-Ti/16 at 224x224 (timm's ``vit_tiny_patch16_224``)."""
+    arch = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return vit('metalayers_vit_tiny_patch16_224', pretrained, arch, **kwargs)
+
+
+@register_model
+def metalayers_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-S/16 at 224x224 (timm's ``vit_small_patch16_224``)."""
+    arch = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return vit('metalayers_vit_small_patch16_224', pretrained, arch, **kwargs)
+
+
+@register_model
+def metalayers_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-B/16 at 224x224 (timm's ``vit_base_patch16_224``)."""
+    arch = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return vit('metalayers_vit_base_patch16_224', pretrained, arch, **kwargs)
+
+
+@register_model
+def metalayers_vit_base_patch32_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-B/32 at 224x224 (timm's ``vit_base_patch32_224``)."""
+    arch = dict(patch_size=32, embed_dim=768, depth=12, num_heads=12)
+    return vit('metalayers_vit_base_patch32_224', pretrained, arch, **kwargs)
+
+
+@register_model
+def metalayers_vit_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-L/16 at 224x224 (timm's ``vit_large_patch16_224``)."""
+    arch = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16)
+    return vit('metalayers_vit_large_patch16_224', pretrained, arch, **kwargs)
+
+
+@register_model
+def metalayers_vit_base_patch16_384(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-B/16 at 384x384 (timm's ``vit_base_patch16_384``)."""
+    arch = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return vit('metalayers_vit_base_patch16_384', pretrained, arch, **kwargs)
