@@ -1,4 +1,5 @@
 """Reference model families built from ``timm_metalayers.layers``, registered with timm on import."""
 from . import resnet
 from . import vision_transformer
+from . import inception_v3, inception_v4, inception_resnet_v2
 from . import mobilenetv3

@@ -1,0 +1,287 @@
+"""Inception-v3, composed from Metalhead's layers: ``basic_conv_bn`` blocks in ``Parallel`` branches,
+a ``create_classifier`` head.
+
+Paper: `Rethinking the Inception Architecture for Computer Vision` - https://arxiv.org/abs/1512.00567
+
+Loads timm's ImageNet weights (``inception_v3.tv_in1k``, ``.tf_in1k``, ``.gluon_in1k``) through
+``checkpoint_filter_fn``.
+"""
+from collections import OrderedDict
+from functools import partial
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+
+from ..layers import create_classifier
+from ._inception import (
+    MIN_INPUT_SIZE, InceptionNet, Parallel, device_context, inception_conv,
+    inception_renamer, remap_inception_checkpoint)
+
+__all__ = ['InceptionV3', 'inception_v3_stages']
+
+ConvFn = Callable[..., nn.Sequential]
+
+
+# Inception blocks, Metalhead's inceptionv3_a ... inceptionv3_e (torchvision's InceptionA ... InceptionE).
+
+def inception_v3_a(inplanes: int, pool_proj: int, conv: ConvFn = inception_conv) -> Parallel:
+    """35x35 block: 1x1 | 1x1 → 5x5 | 1x1 → 3x3 → 3x3 | 3x3 mean pool → 1x1 (Fig. 5 of the paper)."""
+    return Parallel(
+        conv(1, inplanes, 64),
+        nn.Sequential(conv(1, inplanes, 48), conv(5, 48, 64, pad=2)),
+        nn.Sequential(conv(1, inplanes, 64), conv(3, 64, 96, pad=1), conv(3, 96, 96, pad=1)),
+        nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), conv(1, inplanes, pool_proj)),
+    )
+
+
+def inception_v3_b(inplanes: int, conv: ConvFn = inception_conv) -> Parallel:
+    """35 → 17 grid reduction: 3x3/2 | 1x1 → 3x3 → 3x3/2 | 3x3/2 max pool."""
+    return Parallel(
+        conv(3, inplanes, 384, stride=2),
+        nn.Sequential(conv(1, inplanes, 64), conv(3, 64, 96, pad=1), conv(3, 96, 96, stride=2)),
+        nn.MaxPool2d(3, stride=2),
+    )
+
+
+def inception_v3_c(inplanes: int, inner_planes: int, conv: ConvFn = inception_conv, n: int = 7) -> Parallel:
+    """17x17 block with factorised n x n convolutions, ``inner_planes`` wide inside (Fig. 6 of the paper)."""
+    c, p = inner_planes, n // 2
+    return Parallel(
+        conv(1, inplanes, 192),
+        nn.Sequential(conv(1, inplanes, c), conv((1, n), c, c, pad=(0, p)), conv((n, 1), c, 192, pad=(p, 0))),
+        nn.Sequential(conv(1, inplanes, c), conv((n, 1), c, c, pad=(p, 0)), conv((1, n), c, c, pad=(0, p)),
+                      conv((n, 1), c, c, pad=(p, 0)), conv((1, n), c, 192, pad=(0, p))),
+        nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), conv(1, inplanes, 192)),
+    )
+
+
+def inception_v3_d(inplanes: int, conv: ConvFn = inception_conv) -> Parallel:
+    """17 → 8 grid reduction: 1x1 → 3x3/2 | 1x1 → 1x7 → 7x1 → 3x3/2 | 3x3/2 max pool."""
+    return Parallel(
+        nn.Sequential(conv(1, inplanes, 192), conv(3, 192, 320, stride=2)),
+        nn.Sequential(conv(1, inplanes, 192), conv((1, 7), 192, 192, pad=(0, 3)),
+                      conv((7, 1), 192, 192, pad=(3, 0)), conv(3, 192, 192, stride=2)),
+        nn.MaxPool2d(3, stride=2),
+    )
+
+
+def inception_v3_e(inplanes: int, conv: ConvFn = inception_conv) -> Parallel:
+    """8x8 block with expanded filter banks: the 3x3s split into parallel 1x3 and 3x1 (Fig. 7 of the paper)."""
+    return Parallel(
+        conv(1, inplanes, 320),
+        nn.Sequential(conv(1, inplanes, 384),
+                      Parallel(conv((1, 3), 384, 384, pad=(0, 1)), conv((3, 1), 384, 384, pad=(1, 0)))),
+        nn.Sequential(conv(1, inplanes, 448), conv(3, 448, 384, pad=1),
+                      Parallel(conv((1, 3), 384, 384, pad=(0, 1)), conv((3, 1), 384, 384, pad=(1, 0)))),
+        nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), conv(1, inplanes, 192)),
+    )
+
+
+def inception_v3_aux(inplanes: int, num_classes: int, conv: ConvFn = inception_conv) -> nn.Sequential:
+    """The auxiliary classifier on the 17x17 grid: 5x5/3 mean pool → 1x1 → 5x5 → ``create_classifier``."""
+    layers = OrderedDict(pool=nn.AvgPool2d(5, stride=3), conv0=conv(1, inplanes, 128), conv1=conv(5, 128, 768))
+    layers.update(create_classifier(768, num_classes).named_children())
+    return nn.Sequential(layers)
+
+
+STAGE_CHS = (64, 192, 288, 768, 2048)
+AUX_STAGE = 3  # the auxiliary classifier reads the output of this stage (Mixed_6e)
+
+
+def inception_v3_stages(in_chans: int = 3, *, act_layer='relu', norm_layer=None) -> nn.Sequential:
+    """The mid-level constructor (Metalhead's ``inceptionv3`` backbone): five stages, output strides 2 ... 32."""
+    conv = partial(inception_conv, act_layer=act_layer, norm_layer=norm_layer)
+    return nn.Sequential(
+        nn.Sequential(conv(3, in_chans, 32, stride=2), conv(3, 32, 32), conv(3, 32, 64, pad=1)),
+        nn.Sequential(nn.MaxPool2d(3, stride=2), conv(1, 64, 80), conv(3, 80, 192)),
+        nn.Sequential(nn.MaxPool2d(3, stride=2),
+                      inception_v3_a(192, 32, conv), inception_v3_a(256, 64, conv), inception_v3_a(288, 64, conv)),
+        nn.Sequential(inception_v3_b(288, conv),
+                      *[inception_v3_c(768, inner, conv) for inner in (128, 160, 160, 192)]),
+        nn.Sequential(inception_v3_d(768, conv), inception_v3_e(1280, conv), inception_v3_e(2048, conv)),
+    )
+
+
+class InceptionV3(InceptionNet):
+    """Inception-v3 with timm's model API; ``aux_logits=True`` adds the auxiliary classifier
+    (``forward`` then returns ``(logits, aux_logits)``)."""
+    aux_logits: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: Union[str, nn.Module] = 'avg',
+            drop_rate: float = 0.,
+            aux_logits: bool = False,
+            act_layer='relu',
+            norm_layer=None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        with device_context(device):
+            conv = partial(inception_conv, act_layer=act_layer, norm_layer=norm_layer)
+            self._init_inception(
+                inception_v3_stages(in_chans, act_layer=act_layer, norm_layer=norm_layer), STAGE_CHS,
+                num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate)
+            self.aux_logits = bool(aux_logits)
+            self.aux_stage = AUX_STAGE
+            self.aux_head = inception_v3_aux(STAGE_CHS[AUX_STAGE], num_classes, conv) if aux_logits else None
+            self._init_weights()
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    def _init_weights(self):
+        # as torchvision / timm: truncated normal, std 0.1 (0.01 and 0.001 in the auxiliary classifier)
+        for name, m in self.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                std = 0.1
+                if name.startswith('aux_head.conv1'):
+                    std = 0.01
+                elif name.startswith('aux_head.fc'):
+                    std = 0.001
+                trunc_normal_(m.weight, std=std)
+
+    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        if self.aux_head is not None:
+            fc = create_classifier(768, num_classes).fc
+            ref = self.aux_head.conv1[0].weight
+            self.aux_head.fc = fc.to(device=ref.device, dtype=ref.dtype).train(self.training)
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        take_indices = super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        if len(self.stages) < self.num_feature_levels or prune_head:
+            self.aux_head = None  # the auxiliary classifier goes with the head
+            self.aux_logits = False
+        return take_indices
+
+    def forward_features_aux(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The final features and the auxiliary logits (needs ``aux_logits=True``)."""
+        aux = x
+        for i, stage in enumerate(self.stages):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if i == self.aux_stage and self.aux_head is not None:
+                aux = self.aux_head(x)
+        return x, aux
+
+    def forward(self, x: torch.Tensor):
+        if self.aux_head is not None:
+            x, aux = self.forward_features_aux(x)
+            return self.forward_head(x), aux
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_inception_v3(variant: str, pretrained: bool = False, **kwargs) -> InceptionV3:
+    if kwargs.get('features_only') and kwargs.get('aux_logits'):
+        raise ValueError('features_only=True does not go with aux_logits=True')
+    return build_model_with_cfg(
+        InceptionV3, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True),
+        **kwargs,
+    )
+
+
+def _cfg(hf_hub_id: str, **kwargs) -> Dict:
+    return {
+        'hf_hub_id': hf_hub_id,
+        'num_classes': 1000, 'input_size': (3, 299, 299), 'pool_size': (8, 8),
+        'crop_pct': 0.875, 'interpolation': 'bicubic',
+        'mean': IMAGENET_INCEPTION_MEAN, 'std': IMAGENET_INCEPTION_STD,
+        'first_conv': 'stages.0.0.0', 'classifier': 'head.fc', 'license': 'apache-2.0',
+        # not in timm's cfg: unpadded convs leave a 1x1 stride-32 map below 107x107 (see _inception.MIN_INPUT_SIZE)
+        'min_input_size': MIN_INPUT_SIZE,
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    # torchvision's weights (with the auxiliary classifier)
+    'metalayers_inception_v3.tv_in1k': _cfg('timm/inception_v3.tv_in1k'),
+    # TensorFlow-slim weights, ported by timm
+    'metalayers_inception_v3.tf_in1k': _cfg('timm/inception_v3.tf_in1k'),
+    # Gluon weights
+    'metalayers_inception_v3.gluon_in1k': _cfg(
+        'timm/inception_v3.gluon_in1k', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD),
+})
+
+
+# timm's InceptionV3 module names → ours. Mixed_* blocks: timm's branch names per block type → our Parallel paths.
+_BRANCHES = {
+    'a': {'branch1x1': 'branch0', 'branch5x5_1': 'branch1.0', 'branch5x5_2': 'branch1.1',
+          'branch3x3dbl_1': 'branch2.0', 'branch3x3dbl_2': 'branch2.1', 'branch3x3dbl_3': 'branch2.2',
+          'branch_pool': 'branch3.1'},
+    'b': {'branch3x3': 'branch0',
+          'branch3x3dbl_1': 'branch1.0', 'branch3x3dbl_2': 'branch1.1', 'branch3x3dbl_3': 'branch1.2'},
+    'c': {'branch1x1': 'branch0',
+          **{f'branch7x7_{i + 1}': f'branch1.{i}' for i in range(3)},
+          **{f'branch7x7dbl_{i + 1}': f'branch2.{i}' for i in range(5)},
+          'branch_pool': 'branch3.1'},
+    'd': {'branch3x3_1': 'branch0.0', 'branch3x3_2': 'branch0.1',
+          **{f'branch7x7x3_{i + 1}': f'branch1.{i}' for i in range(4)}},
+    'e': {'branch1x1': 'branch0',
+          'branch3x3_1': 'branch1.0', 'branch3x3_2a': 'branch1.1.branch0', 'branch3x3_2b': 'branch1.1.branch1',
+          'branch3x3dbl_1': 'branch2.0', 'branch3x3dbl_2': 'branch2.1',
+          'branch3x3dbl_3a': 'branch2.2.branch0', 'branch3x3dbl_3b': 'branch2.2.branch1',
+          'branch_pool': 'branch3.1'},
+}
+_TIMM_BLOCKS = {
+    'Conv2d_1a_3x3': ('stages.0.0', None), 'Conv2d_2a_3x3': ('stages.0.1', None), 'Conv2d_2b_3x3': ('stages.0.2', None),
+    'Conv2d_3b_1x1': ('stages.1.1', None), 'Conv2d_4a_3x3': ('stages.1.2', None),
+    'Mixed_5b': ('stages.2.1', _BRANCHES['a']), 'Mixed_5c': ('stages.2.2', _BRANCHES['a']),
+    'Mixed_5d': ('stages.2.3', _BRANCHES['a']),
+    'Mixed_6a': ('stages.3.0', _BRANCHES['b']),
+    **{f'Mixed_6{c}': (f'stages.3.{i + 1}', _BRANCHES['c']) for i, c in enumerate('bcde')},
+    'Mixed_7a': ('stages.4.0', _BRANCHES['d']),
+    'Mixed_7b': ('stages.4.1', _BRANCHES['e']), 'Mixed_7c': ('stages.4.2', _BRANCHES['e']),
+    'fc': ('head.fc', None),
+    'AuxLogits': ('aux_head', None),  # conv0, conv1, fc keep their names
+}
+_timm_to_ours = inception_renamer(_TIMM_BLOCKS)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: InceptionV3) -> Dict[str, torch.Tensor]:
+    """Map a timm (or torchvision) Inception-v3 checkpoint onto this model, strictly; ours loads unchanged.
+
+    The auxiliary classifier's weights (torchvision's checkpoint has them) are dropped when the model has
+    none; a model with one keeps its own initialisation where the checkpoint has none (TF / Gluon weights)
+    or where its classifier is for another number of classes.
+    """
+    has_aux = getattr(model, 'aux_head', None) is not None
+
+    def rename(key: str) -> Optional[str]:
+        if key.startswith('AuxLogits.') and not has_aux:
+            return None
+        if key.startswith('aux_head.'):
+            return key if has_aux else None
+        return _timm_to_ours(key)
+
+    if has_aux and isinstance(state_dict, dict) and not any(
+            k.startswith(('AuxLogits.', 'aux_head.')) for k in state_dict):
+        state_dict = dict(state_dict)
+        state_dict.update({f'aux_head.{k}': v for k, v in model.aux_head.state_dict().items()})
+
+    def keep_own_aux_classifier(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return target if key.startswith('aux_head.fc.') else value
+
+    return remap_inception_checkpoint(state_dict, model, rename, reshape=keep_own_aux_classifier)
+
+
+@register_model
+def metalayers_inception_v3(pretrained: bool = False, **kwargs) -> InceptionV3:
+    """Inception-v3 (auxiliary classifier with ``aux_logits=True``)."""
+    return _create_inception_v3('metalayers_inception_v3', pretrained=pretrained, **kwargs)
