@@ -5,6 +5,7 @@ normalisation layers with timm's norm factory.
 """
 from . import layers
 from . import models
+from . import hub
 from ._timm_tests import pytest_collection_modifyitems  # noqa: F401  (hook for `pytest -p timm_metalayers`)
 
 __version__ = '0.1.0'
