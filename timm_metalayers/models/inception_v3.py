@@ -12,11 +12,11 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..layers import create_classifier
+from ._helpers import timm_pretrained_cfg
 from ._inception import (
     MIN_INPUT_SIZE, InceptionNet, Parallel, device_context, inception_conv,
     inception_renamer, remap_inception_checkpoint)
@@ -196,27 +196,22 @@ def _create_inception_v3(variant: str, pretrained: bool = False, **kwargs) -> In
     )
 
 
-def _cfg(hf_hub_id: str, **kwargs) -> Dict:
-    return {
-        'hf_hub_id': hf_hub_id,
-        'num_classes': 1000, 'input_size': (3, 299, 299), 'pool_size': (8, 8),
-        'crop_pct': 0.875, 'interpolation': 'bicubic',
-        'mean': IMAGENET_INCEPTION_MEAN, 'std': IMAGENET_INCEPTION_STD,
-        'first_conv': 'stages.0.0.0', 'classifier': 'head.fc', 'license': 'apache-2.0',
-        # not in timm's cfg: unpadded convs leave a 1x1 stride-32 map below 107x107 (see _inception.MIN_INPUT_SIZE)
-        'min_input_size': MIN_INPUT_SIZE,
-        **kwargs,
-    }
+def _cfg(timm_name: str) -> Dict:
+    """timm's pretrained config of ``timm_name`` (299 input, Inception mean/std, crop, licence, ...), with
+    ``hf_hub_id`` at ``timm/<timm_name>``'s ``model.safetensors`` and our first conv / classifier names."""
+    # min_input_size is not in timm's cfg: unpadded convs leave a 1x1 stride-32 map below 107x107
+    # (see _inception.MIN_INPUT_SIZE)
+    return timm_pretrained_cfg(timm_name, first_conv='stages.0.0.0', classifier='head.fc',
+                               min_input_size=MIN_INPUT_SIZE)
 
 
 default_cfgs = generate_default_cfgs({
     # torchvision's weights (with the auxiliary classifier)
-    'metalayers_inception_v3.tv_in1k': _cfg('timm/inception_v3.tv_in1k'),
+    'metalayers_inception_v3.tv_in1k': _cfg('inception_v3.tv_in1k'),
     # TensorFlow-slim weights, ported by timm
-    'metalayers_inception_v3.tf_in1k': _cfg('timm/inception_v3.tf_in1k'),
+    'metalayers_inception_v3.tf_in1k': _cfg('inception_v3.tf_in1k'),
     # Gluon weights
-    'metalayers_inception_v3.gluon_in1k': _cfg(
-        'timm/inception_v3.gluon_in1k', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD),
+    'metalayers_inception_v3.gluon_in1k': _cfg('inception_v3.gluon_in1k'),
 })
 
 
