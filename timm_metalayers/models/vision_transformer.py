@@ -53,7 +53,8 @@ skip_timm_test('test_model_*_pretrained', 'metalayers_vit_*',
 skip_timm_test(
     'test_prune_intermediate_layers_contract', 'metalayers_vit_large_patch16_224',
     'ViT-L at its fixed 224 input: 24 taps, each with deep copies, forwards and a backward of the 300M-parameter '
-    'model, take ~11 CPU-minutes, over the test\'s 360 s timeout (timm keeps this unmarked test out of its own CI). '
+    'model, take 6-11 CPU-minutes on a 2-core CPU, over the test\'s 360 s timeout (timm keeps this unmarked test '
+    'out of its own CI). '
     'The other metalayers_vit models run it; set TIMM_METALAYERS_SLOW_TESTS=1 to run it here too.',
     when=lambda: os.environ.get('TIMM_METALAYERS_SLOW_TESTS', '') != '1')
 
