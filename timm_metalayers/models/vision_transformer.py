@@ -22,7 +22,7 @@ from ..layers import (ClassTokens, LayerNormV2, LayerScale, MultiHeadSelfAttenti
                       ViPosEmbedding, create_classifier, linear_scheduler, mlp_block, prenorm)
 from ..layers._factory import (ActivationArg, NormArg, check_positive_int, check_probability, create_norm,
                                resolve_norm_layer)
-from .._timm_tests import hub_offline, skip_timm_test
+from .._timm_tests import hub_tests_off, skip_timm_test
 from ._helpers import CheckpointMismatchError, pre_logits_depth, remap_checkpoint, timm_pretrained_cfg
 
 try:  # timm >= 1.0.20 records resizes / head changes for checkpoint reconstruction
@@ -49,7 +49,8 @@ skip_timm_test(
     'test_model_default_cfgs_non_std instead (its "vit_*" filter misses the metalayers_ prefix); '
     'tests/test_vit.py runs those checks on these models.')
 skip_timm_test('test_model_*_pretrained', 'metalayers_vit_*',
-               'downloads the weights from the Hub, and HF_HUB_OFFLINE is set', when=hub_offline)
+               'downloads the real weights from the Hub and tests never reach the network '
+               '(TIMM_METALAYERS_HUB_TESTS=1 runs it)', when=hub_tests_off)
 skip_timm_test(
     'test_prune_intermediate_layers_contract', 'metalayers_vit_large_patch16_224',
     'ViT-L at its fixed 224 input: 24 taps, each with deep copies, forwards and a backward of the 300M-parameter '
