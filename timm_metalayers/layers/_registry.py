@@ -33,5 +33,5 @@ def register_with_timm() -> None:
         from timm.layers import register_notrace_module
     except ImportError:
         return
-    for module in (DropBlock, StochasticDepth, ChannelLayerNorm, LayerScale):
+    for module in (DropBlock, StochasticDepth, ChannelLayerNorm, LayerNormV2, LayerScale):
         register_notrace_module(module)

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import nn
-from timm.layers import register_notrace_module, resample_abs_pos_embed, trunc_normal_
+from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -35,9 +35,6 @@ except ImportError:  # pragma: no cover - older timm
         pass
 
 __all__ = ['VisionTransformer', 'EncoderBlock', 'transformer_encoder', 'vit', 'checkpoint_filter_fn']
-
-# LayerNormV2 checks its input shape in Python, which torch.fx cannot trace through: keep it a leaf.
-register_notrace_module(LayerNormV2)
 
 GLOBAL_POOLS = ('token', 'avg', 'max', 'avgmax', '')
 
