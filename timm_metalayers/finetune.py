@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument('--seed', type=int, default=0)
 
     r = p.add_argument_group('run')
-    r.add_argument('--output', default=None, help='run folder (default: output/<model>-<data>)')
+    r.add_argument('--output', default=None, help='run folder (default: runs/<model>-<data>)')
     r.add_argument('--resume', nargs='?', const='', default=None, metavar='PATH',
                    help='continue from the checkpoint in --output (or in PATH: a run folder or its checkpoint.json)')
     r.add_argument('--stop-after', type=int, default=None, metavar='N',
@@ -184,7 +184,7 @@ def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.in_chans = 1 if args.data_dir is None else 3
     if args.output is None:
         data = 'digits' if args.data_dir is None else Path(args.data_dir).resolve().name or 'data'
-        args.output = os.path.join('output', f'{args.model.split(".")[0]}-{data}')
+        args.output = os.path.join('runs', f'{args.model.split(".")[0]}-{data}')
     if args.export_dir is None:
         args.export_dir = os.path.join(args.output, 'hub')
     for name in ('epochs', 'batch_size'):
