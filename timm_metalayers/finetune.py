@@ -836,7 +836,8 @@ def _run(args: argparse.Namespace, ds: DistState, t_start: float) -> Dict[str, A
             raise FinetuneError(f"the checkpoint in {Path(resume_state['_folder']).parent} is from "
                                 f"{resume_state['model']}, not {args.model} (pass the same --model to resume)")
         if resume_state.get('in_chans', args.in_chans) != args.in_chans:
-            raise FinetuneError(f"the checkpoint has in_chans={resume_state['in_chans']}, not {args.in_chans}")
+            raise FinetuneError(f"the checkpoint has in_chans={resume_state['in_chans']}, not {args.in_chans} "
+                                f"(pass --in-chans {resume_state['in_chans']} to resume it)")
     _check_model_name(args.model)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
