@@ -54,6 +54,7 @@ def machine_info(device: str) -> Dict[str, str]:
         'timm': timm.__version__,
         'python': platform.python_version(),
         'device': device,
+        'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'unset'),
         'load average (1, 5, 15 min) at start': load_average(),
     }
     if device.startswith('cuda'):
@@ -81,7 +82,7 @@ def _run_iters(fn: Callable[[], object], iters: int, device: str) -> float:
 
 def interleaved(cases: Sequence[Tuple[str, Callable[[], object]]], *, reps: int, warmup: int,
                 min_run_s: float, device: str) -> Dict[str, List[float]]:
-    """Seconds per call of every case, measured ``reps`` times in turn (A, B, A, B, ...).
+    """Seconds per call of every case, measured ``reps`` times in turn (A B, B A, A B, ...).
 
     Each case is first called ``warmup`` times. A timed run repeats the call ``iters`` times, with
     ``iters`` (the same for all cases) chosen so that the slowest case's run lasts about ``min_run_s``;
@@ -96,8 +97,9 @@ def interleaved(cases: Sequence[Tuple[str, Callable[[], object]]], *, reps: int,
     slowest = max(per_call.values())
     iters = max(1, int(round(min_run_s / slowest))) if slowest > 0 else 1
     samples: Dict[str, List[float]] = {name: [] for name, _ in cases}
-    for _ in range(reps):
-        for name, fn in cases:
+    for rep in range(reps):
+        # A B, B A, A B, ...: no case always runs first (or always right after the same other case)
+        for name, fn in (cases if rep % 2 == 0 else list(reversed(cases))):
             samples[name].append(_run_iters(fn, iters, device))
     return samples
 
@@ -151,18 +153,22 @@ def peak_memory(fn: Callable[[], object], device: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def matmul_flops(device: str, n: int = 2048, dtype=torch.float32, reps: int = 5) -> float:
-    """Measured FLOP/s of one big ``torch.mm`` (2 n^3 FLOPs), the median of ``reps`` runs."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for i in range(reps + 1):
-        sync(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        if i:  # the first run is a warm-up
-            times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times)
+    """The machine's measured matmul rate: FLOP/s of ``torch.mm`` (2 n^3 FLOPs) on n/2, n and 2n square
+    matrices, the best size's median of ``reps`` runs (after a warm-up run)."""
+    best = 0.0
+    for size in (n // 2, n, 2 * n):
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        times = []
+        for i in range(reps + 1):
+            sync(device)
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            sync(device)
+            if i:  # the first run is a warm-up
+                times.append(time.perf_counter() - t0)
+        best = max(best, 2 * size ** 3 / statistics.median(times))
+    return best
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -7,7 +7,7 @@ same arguments (``drop_path_rate`` / ``drop_block_rate`` where both accept them)
 
 * inference images/s: eval mode, ``torch.inference_mode``, batch 1 and ``--batch``;
 * training-step images/s: forward + cross-entropy + backward + ``torch.optim.SGD`` step, batch ``--train-batch``;
-* peak memory of a training step (above the resting state of weights and gradients);
+* peak memory of a training step (what it allocates above the weights: activations, gradients, temporaries);
 * the same three under ``torch.compile(fullgraph=True)`` (``--compile``, the default except with ``--quick``);
 
 and printed as markdown tables with the ratio ours / timm for every figure, the machine (CPU, threads,
@@ -104,10 +104,19 @@ def build_pair(name: str, args) -> Dict[str, Any]:
     if args.img_size:
         requested['img_size'] = args.img_size  # models with a fixed token grid (ViT) need it
     kwargs = common_kwargs(name, requested)
-    torch.manual_seed(0)
-    ours = _create(name, kwargs)
-    torch.manual_seed(0)
-    ref = _create(twin_name(name), kwargs)
+    def build_ours():
+        torch.manual_seed(0)
+        return _create(twin_name(name) if args.aa_control else name, kwargs)
+
+    def build_timm():
+        torch.manual_seed(0)
+        return _create(twin_name(name), kwargs)
+    if args.build_order == 'timm-first':
+        ref = build_timm()
+        ours = build_ours()
+    else:
+        ours = build_ours()
+        ref = build_timm()
     if args.img_size:
         size = (args.img_size, args.img_size)
     else:
@@ -156,8 +165,40 @@ def _figure(results: Dict, key: str, samples: Dict[str, List[float]], batch: int
                     for impl, s in samples.items()}
 
 
-def _memory_figure(results: Dict, key: str, fns: Dict[str, Any], device: str) -> None:
-    results[key] = {impl: dict(value=float(min(peak_memory(fn, device) for _ in range(2)))) for impl, fn in fns.items()}
+def _memory_figure(results: Dict, key: str, fns: Dict[str, Any], models: Dict[str, Any], device: str) -> None:
+    """Peak bytes a training step allocates above the weights: gradients are dropped first, so the step's
+    activations, gradients and temporaries all count (and nothing allocated before it is freed inside it)."""
+    results[key] = {}
+    for impl, fn in fns.items():
+        models[impl].zero_grad(set_to_none=True)
+        results[key][impl] = dict(value=float(peak_memory(fn, device)))
+
+
+def compile_check(entry, models, size, x, y, args, attempt) -> None:
+    """``torch.compile(fullgraph=True)`` of each model, one eval call and one training step, no timing.
+
+    The ``aot_eager`` backend traces the whole graph (dynamo: any graph break fails ``fullgraph=True``) and
+    the backward (AOTAutograd) without inductor's C++ code generation, which takes minutes per model on a
+    small CPU machine. Eval outputs are compared with eager.
+    """
+    torch._dynamo.reset()
+    xb = make_input(2, size, args)
+    entry['compile_check'] = {}
+    for impl, m in models.items():
+        def check(impl=impl, m=m):
+            compiled = torch.compile(m, fullgraph=True, dynamic=False, backend='aot_eager')
+            m.eval()
+            with torch.inference_mode():
+                ref, out = _logits(m(xb)), _logits(compiled(xb))
+            if not torch.allclose(ref, out, atol=1e-4, rtol=1e-4):
+                raise AssertionError(f'compiled eval output differs by {(ref - out).abs().max().item():.2e}')
+            m.train()
+            train_step_fn(compiled, list(m.parameters()), xb, y[:1].expand(2).contiguous())()
+            m.zero_grad(set_to_none=True)
+            entry['compile_check'][impl] = 'ok'
+        attempt(f'compile_check_{impl}', check)
+        entry['compile_check'].setdefault(impl, 'error')
+    torch._dynamo.reset()
 
 
 def bench_model(name: str, args) -> Dict[str, Any]:
@@ -187,33 +228,37 @@ def bench_model(name: str, args) -> Dict[str, Any]:
     if args.flops:
         attempt('flops', flops)
 
-    # --- eager inference -------------------------------------------------------------------------
-    for key, batch in (('infer_b1', 1), ('infer_bn', args.batch)):
-        def infer(key=key, batch=batch):
-            x = make_input(batch, size, args)
-            samples = interleaved([(impl, inference_fn(m, x)) for impl, m in models.items()], **timing)
-            _figure(figures, key, samples, batch)
-        attempt(key, infer)
-
-    # --- eager training --------------------------------------------------------------------------
     x = make_input(args.train_batch, size, args)
     y = torch.randint(0, pair['num_classes'], (args.train_batch,), device=args.device)
-    for m in models.values():
-        m.train()
-    steps = {impl: train_step_fn(m, list(m.parameters()), x, y) for impl, m in models.items()}
+    steps = {}
+    if not args.skip_eager:
+        # --- eager inference -------------------------------------------------------------------------
+        for key, batch in (('infer_b1', 1), ('infer_bn', args.batch)):
+            def infer(key=key, batch=batch):
+                x = make_input(batch, size, args)
+                samples = interleaved([(impl, inference_fn(m, x)) for impl, m in models.items()], **timing)
+                _figure(figures, key, samples, batch)
+            attempt(key, infer)
 
-    def train():
-        samples = interleaved(list(steps.items()), **timing)
-        _figure(figures, 'train', samples, args.train_batch)
-    attempt('train', train)
-    attempt('train_mem', lambda: _memory_figure(figures, 'train_mem', steps, args.device))
-    if args.flops:
-        def train_flops():
-            entry['train_flops_per_img'] = count_flops(steps['timm']) / args.train_batch
-        attempt('flops', train_flops)
+        # --- eager training --------------------------------------------------------------------------
+        for m in models.values():
+            m.train()
+        steps = {impl: train_step_fn(m, list(m.parameters()), x, y) for impl, m in models.items()}
+
+        def train():
+            samples = interleaved(list(steps.items()), **timing)
+            _figure(figures, 'train', samples, args.train_batch)
+        attempt('train', train)
+        attempt('train_mem', lambda: _memory_figure(figures, 'train_mem', steps, models, args.device))
+        if args.flops:
+            def train_flops():
+                entry['train_flops_per_img'] = count_flops(steps['timm']) / args.train_batch
+            attempt('flops', train_flops)
 
     # --- torch.compile ---------------------------------------------------------------------------
-    if args.compile:
+    if args.compile == 'check':
+        compile_check(entry, models, size, x, y, args, attempt)
+    if args.compile == 'bench':
         torch._dynamo.reset()
         compiled = {impl: torch.compile(m, fullgraph=True, dynamic=False) for impl, m in models.items()}
         entry['compile_s'] = {}
@@ -247,12 +292,12 @@ def bench_model(name: str, args) -> Dict[str, Any]:
             _figure(figures, 'c_train', samples, args.train_batch)
         attempt('c_train', c_train)
         if 'c_train' in figures:
-            attempt('c_train_mem', lambda: _memory_figure(figures, 'c_train_mem', c_steps, args.device))
+            attempt('c_train_mem', lambda: _memory_figure(figures, 'c_train_mem', c_steps, models, args.device))
         del compiled, c_steps
         torch._dynamo.reset()
 
     entry['seconds'] = time.perf_counter() - t_start
-    del models, steps, pair
+    del models, steps, pair, x, y
     gc.collect()
     return entry
 
@@ -283,7 +328,7 @@ def render(report: Dict[str, Any]) -> str:
     out = ['## Machine', '']
     out += [f'- {k}: {v}' for k, v in report['machine'].items()]
     out += [f'- load average at end: {report.get("load_end", "n/a")}',
-            f'- measured `torch.mm` {cfg["mm_n"]}x{cfg["mm_n"]} float32: '
+            f'- measured `torch.mm` float32 (best of {cfg["mm_n"] // 2}, {cfg["mm_n"]}, {2 * cfg["mm_n"]} square): '
             f'**{report["mm_flops"] / 1e9:.1f} GFLOP/s**', '']
     out += ['## Settings', '', f'- command: `{report["command"]}`']
     out += [f'- {k}: {v}' for k, v in cfg.items() if k not in ('mm_n',)]
@@ -294,16 +339,27 @@ def render(report: Dict[str, Any]) -> str:
     kinds = {k: kind for k, _, kind in FIGURES}
     out += ['## Ours / timm', '',
             'Each cell: ours / timm = ratio. Throughput in images/s (ratio > 1: ours faster; `(!)`: below 0.97); '
-            'peak memory of a training step in MiB above the weights and gradients at rest '
+            'peak memory of a training step in MiB above the weights (activations, gradients, temporaries) '
             '(ratio < 1: ours smaller).', '']
-    header = ['model', 'args'] + [titles[k] for k in keys]
+    checked = any('compile_check' in e for e in entries)
+    header = ['model', 'args'] + [titles[k] for k in keys] + (['fullgraph compile, train + eval'] if checked else [])
     rows = []
     for e in entries:
         args = ', '.join(f'{k}={v}' for k, v in e.get('kwargs', {}).items() if k != 'img_size') or '-'
         args += f'; {e["img_size"][0]}px' if 'img_size' in e else ''
-        rows.append([e['model'][len(PREFIX):], args] + [_cell(e['figures'].get(k), kinds[k], e['errors'].get(k))
-                                                         for k in keys])
-    out += [markdown_table(header, rows, 'll' + 'r' * len(keys)), '']
+        label = e['model'][len(PREFIX):]
+        if 'A/A control' in cfg:
+            label = f'{e["twin"]} vs {e["twin"]} (A/A)'
+        row = [label, args] + [_cell(e['figures'].get(k), kinds[k], e['errors'].get(k)) for k in keys]
+        if checked:
+            cc = e.get('compile_check', {})
+            row.append(f'{cc.get("ours", "-")} / {cc.get("timm", "-")}')
+        rows.append(row)
+    out += [markdown_table(header, rows, 'll' + 'r' * (len(header) - 2)), '']
+    if checked:
+        out += ['Last column: `torch.compile(model, fullgraph=True)` (backend `aot_eager`: dynamo + AOTAutograd, '
+                'no graph break allowed) runs an eval forward (compared with eager) and a training step; ours / timm.',
+                '']
 
     # summary: worst ratios
     speed_ratios = [(r, e['model'], k) for e in entries for k in keys if kinds[k] == 'speed' and k in e['figures']
@@ -359,13 +415,28 @@ def merge(paths: Sequence[str]) -> Dict[str, Any]:
         with open(p, encoding='utf-8') as f:
             reports.append(json.load(f))
     merged = dict(reports[0])
-    merged['entries'] = [e for r in reports for e in r['entries']]
+    by_model: Dict[str, Dict[str, Any]] = {}
+    for r in reports:
+        for e in r['entries']:
+            if e['model'] not in by_model:
+                by_model[e['model']] = json.loads(json.dumps(e))
+                continue
+            into = by_model[e['model']]
+            into['figures'].update(e['figures'])
+            into['errors'].update(e['errors'])
+            for key in ('compile_check', 'compile_s', 'flops_per_img', 'train_flops_per_img', 'kwargs', 'img_size'):
+                if key in e and (key not in into or key in ('compile_check', 'compile_s')):
+                    into[key] = e[key]
+            into['seconds'] = into.get('seconds', 0) + e.get('seconds', 0)
+    merged['entries'] = list(by_model.values())
+    merged['config'] = dict(reports[0]['config'], models=len(by_model),
+                            compile=' + '.join(sorted({str(r['config']['compile']) for r in reports})))
     merged['command'] = ' ; '.join(r['command'] for r in reports)
     merged['machine'] = dict(reports[0]['machine'])
     merged['machine']['load average (1, 5, 15 min) at start'] = ' / '.join(
         r['machine']['load average (1, 5, 15 min) at start'] for r in reports)
     merged['load_end'] = ' / '.join(r.get('load_end', 'n/a') for r in reports)
-    merged['mm_flops'] = median([r['mm_flops'] for r in reports])
+    merged['mm_flops'] = max(r['mm_flops'] for r in reports)
     return merged
 
 
@@ -381,8 +452,11 @@ def parse_args(argv=None):
                    help="square input size (default: the twin's pretrained input size; --quick 64)")
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch default)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
-                   help='also measure torch.compile(fullgraph=True) (default on; off with --quick)')
+    p.add_argument('--compile', choices=('bench', 'check', 'off'), default=None,
+                   help='bench: also time torch.compile(fullgraph=True) (inductor) models; check: only compile '
+                        'each model with fullgraph=True (aot_eager backend) and run eval + a training step; '
+                        'off (default bench; --quick: off)')
+    p.add_argument('--skip-eager', action='store_true', help='measure only what --compile asks for')
     p.add_argument('--channels-last', action='store_true', help='models and inputs in channels_last')
     p.add_argument('--reps', type=int, default=None, help='timed runs per figure and model (default 5; --quick 3)')
     p.add_argument('--warmup', type=int, default=None, help='warm-up calls before timing (default 2; --quick 1)')
@@ -392,17 +466,22 @@ def parse_args(argv=None):
     p.add_argument('--drop-block-rate', type=float, default=0.05, help='passed to both where both accept it')
     p.add_argument('--flops', action=argparse.BooleanOptionalAction, default=True,
                    help='count FLOPs for the ceiling table')
-    p.add_argument('--mm-n', type=int, default=2048, help='matrix size of the matmul ceiling')
+    p.add_argument('--mm-n', type=int, default=2048, help='matrix sizes of the matmul ceiling: n/2, n, 2n')
     p.add_argument('--quick', action='store_true', help='one small model, tiny sizes, few reps (~1 minute)')
     p.add_argument('--json', default=None, help='also write the raw results here (for --merge)')
     p.add_argument('--output', default=None, help='also write the markdown here')
     p.add_argument('--merge', nargs='+', default=None, metavar='JSON',
                    help='render one report from the --json files of split runs, measure nothing')
+    p.add_argument('--build-order', choices=('ours-first', 'timm-first'), default='ours-first',
+                   help='which model of a pair is built (and so allocated) first')
+    p.add_argument('--aa-control', action='store_true',
+                   help="noise floor: measure timm's model against a second instance of itself in the 'ours' "
+                        "slot (built first, as ours is); its ratios show what chance alone gives")
     p.add_argument('--verbose', action='store_true', help='print tracebacks of failed figures')
     args = p.parse_args(argv)
     quick = args.quick
     defaults = dict(batch=2 if quick else 8, train_batch=2 if quick else 4, img_size=64 if quick else None,
-                    compile=not quick, reps=3 if quick else 5, warmup=1 if quick else 2,
+                    compile='off' if quick else 'bench', reps=3 if quick else 5, warmup=1 if quick else 2,
                     min_run_s=0.05 if quick else 0.3, models=QUICK_MODEL if quick else PREFIX + '*')
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -427,7 +506,9 @@ def main(argv=None) -> int:
                         img_size=args.img_size or 'pretrained default', compile=args.compile,
                         channels_last=args.channels_last, reps=args.reps, warmup=args.warmup,
                         min_run_s=args.min_run_s, drop_path_rate=args.drop_path_rate,
-                        drop_block_rate=args.drop_block_rate, optimizer='SGD(lr=1e-4)', mm_n=args.mm_n),
+                        drop_block_rate=args.drop_block_rate, optimizer='SGD(lr=1e-4)', mm_n=args.mm_n,
+                        build_order=args.build_order,
+                        **({'A/A control': "timm's model in both columns"} if args.aa_control else {})),
             entries=[])
         report['mm_flops'] = matmul_flops(args.device, args.mm_n)
         for name in names:
@@ -441,7 +522,7 @@ def main(argv=None) -> int:
                 with open(args.json, 'w', encoding='utf-8') as f:
                     json.dump(report, f, indent=1)
         report['load_end'] = load_average()
-        report['mm_flops'] = median([report['mm_flops'], matmul_flops(args.device, args.mm_n)])
+        report['mm_flops'] = max(report['mm_flops'], matmul_flops(args.device, args.mm_n))
         if args.json:
             with open(args.json, 'w', encoding='utf-8') as f:
                 json.dump(report, f, indent=1)

@@ -48,9 +48,9 @@ def test_bench_models_quick_produces_the_table(tmp_path):
     assert entry['model'] == 'metalayers_resnet18' and entry['twin'] == 'resnet18' and not entry['errors']
     assert set(entry['figures']) == {'infer_b1', 'infer_bn', 'train', 'train_mem'}
     assert entry['flops_per_img']['ours'] == entry['flops_per_img']['timm'] > 0  # same architecture
-    # split runs merge into one report without measuring again
+    # split runs merge into one report (one row per model) without measuring again
     merged = _run('bench_models.py', '--merge', str(out_json), str(out_json))
-    assert len(_table_rows(merged, 'resnet18')) == 4
+    assert _table_rows(merged, 'resnet18') == rows
 
 
 def test_bench_layers_quick_produces_the_table():
@@ -136,18 +136,46 @@ def test_layers_keep_channels_last_and_values():
     ((2, 3, 6, 6), 2, 1.0, 1.0),
 ])
 def test_dropblock_sparse_keep_mask_equals_the_dense_one(shape, block, p, gamma_scale):
-    """In eager mode on CPU (and as a custom op under torch.compile) DropBlock expands its seeds into blocks by
-    index; on accelerators it max-pools the padded seeds. Both must give the same mask for the same seeds."""
+    """On CPU DropBlock draws the gaps between seeds (geometric) and expands the seeds into blocks by index (in
+    eager mode, and as a custom op under torch.compile); on accelerators it max-pools a dense seed map. For the
+    same seeds both must give the same mask."""
     from timm_metalayers.layers import drop
     N, C, H, W = shape
     bh, bw = min(block, H), min(block, W)
+    n = N * C * (H - bh + 1) * (W - bw + 1)
     gamma = min(gamma_scale * p * H * W / (bh * bw) / ((H - bh + 1) * (W - bw + 1)), 1.0)
-    seeds = torch.empty(N, C, H - bh + 1, W - bw + 1).bernoulli_(gamma, generator=torch.Generator().manual_seed(3))
-    dense = drop._dense_keep_mask(seeds, bh, bw)
-    sparse = drop._sparse_keep_mask(seeds, H, W, bh, bw)
+    gen = torch.Generator().manual_seed(3)
+    if 0 < gamma <= drop._GAP_SEED_RATE_MAX:
+        gaps = torch.empty(drop._num_gaps(n, gamma), dtype=torch.float64).geometric_(gamma, generator=gen)
+        starts = drop._seed_starts_from_gaps(gaps, n, gamma)
+    else:
+        gaps = None
+        starts = torch.empty(n).bernoulli_(gamma, generator=gen).nonzero().view(-1)
+    seeds = torch.zeros(n)
+    seeds[starts] = 1.0
+    dense = drop._dense_keep_mask(seeds.view(N, C, H - bh + 1, W - bw + 1), bh, bw)
+    sparse = drop._sparse_keep_mask(starts, N, C, H, W, bh, bw)
     assert sparse.dtype == dense.dtype == torch.float32 and sparse.shape == dense.shape == shape
     assert torch.equal(sparse, dense)
-    if drop._keep_mask_op is not None:
-        assert torch.equal(drop._keep_mask_op(seeds, H, W, bh, bw), dense)
+    if gaps is not None and drop._keep_mask_op is not None:
+        assert torch.equal(drop._keep_mask_op(gaps, N, C, H, W, bh, bw, gamma), dense)
     if gamma_scale:
         assert (dense == 0).any()
+
+
+def test_dropblock_seed_gaps_are_a_bernoulli_process():
+    from timm_metalayers.layers import drop
+    torch.manual_seed(0)
+    n, gamma, runs = 50000, 0.004, 100
+    counts = torch.zeros(n)
+    for _ in range(runs):
+        gaps = torch.empty(drop._num_gaps(n, gamma), dtype=torch.float64).geometric_(gamma)
+        starts = drop._seed_starts_from_gaps(gaps, n, gamma)
+        assert starts.dtype == torch.int64 and (starts[1:] > starts[:-1]).all() and 0 <= starts.min()
+        assert starts.max() < n
+        counts[starts] += 1
+    rate = counts.view(10, -1).mean(1) / runs  # the rate is the same at the start, middle and end
+    assert torch.allclose(rate, torch.full_like(rate, gamma), rtol=0.12)
+    # too few gaps drawn: more are drawn until the trials are covered
+    short = drop._seed_starts_from_gaps(torch.ones(3, dtype=torch.float64), 1000, 0.5)
+    assert short[:3].tolist() == [0, 1, 2] and short.max() < 1000 and short.numel() > 300

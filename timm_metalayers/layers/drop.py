@@ -1,5 +1,6 @@
 """Regularisers of the guide: ``DropBlock`` / ``dropblock``, ``StochasticDepth`` and ``linear_scheduler``."""
 
+import math
 import numbers
 from typing import List, Optional
 
@@ -30,37 +31,60 @@ def _check_generator(generator: object) -> Optional[torch.Generator]:
     return generator
 
 
-def _dropped_blocks(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
-    """The (N, C, H, W) boolean map of the pixels covered by the ``(bh, bw)`` blocks that start at the seeds."""
-    N, C, vh, vw = seeds.shape
-    starts = seeds.reshape(-1).nonzero().reshape(-1)
+# Seeds are drawn as a Bernoulli process over the N * C * valid_h * valid_w positions where a whole block fits
+# (one independent mask per sample and channel). With the small seed rates DropBlock uses (a few per mille),
+# drawing the gaps between seeds (geometric) is exact and needs ~gamma * n random numbers instead of n;
+# above this rate a dense Bernoulli draw is cheaper.
+_GAP_SEED_RATE_MAX = 0.25
+
+
+def _num_gaps(n: int, gamma: float) -> int:
+    """Gaps to draw at once: the mean count plus 10 standard deviations; more are drawn if ever short."""
+    mean = n * gamma
+    return int(mean + 10.0 * math.sqrt(mean) + 64.0)
+
+
+def _seed_starts_from_gaps(gaps: torch.Tensor, n: int, gamma: float,
+                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Flat indices (increasing, int64) of the seeds among ``n`` Bernoulli(gamma) trials, from geometric gaps."""
+    ends = gaps.cumsum(0)  # 1-based trial of each success
+    last = float(ends[-1])
+    chunks: List[torch.Tensor] = [ends]
+    while last < n:  # the drawn gaps did not reach the end (about never): draw more, the process stays exact
+        more = torch.empty(gaps.shape, dtype=gaps.dtype, device=gaps.device).geometric_(gamma, generator=generator)
+        more = more.cumsum(0) + last
+        chunks.append(more)
+        last = float(more[-1])
+    ends = torch.cat(chunks) if len(chunks) > 1 else ends
+    return (ends[ends <= n] - 1).to(torch.int64)
+
+
+def _sparse_keep_mask(starts: torch.Tensor, N: int, C: int, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
+    """The rescaled float32 keep mask (N, C, H, W) of the seeds at flat ``starts`` of the (N * C, vh, vw) grid.
+
+    The same values as ``_dense_keep_mask`` on those seeds, built by index: the (rare) seeds are expanded into
+    their blocks instead of max-pooling every channel (PyTorch's CPU ``max_pool2d`` with stride 1 makes
+    ``bh * bw`` strided loads for every pixel).
+    """
+    vh, vw = H - bh + 1, W - bw + 1
     plane = torch.div(starts, vh * vw, rounding_mode='floor')
     within = starts - plane * (vh * vw)
     row = torch.div(within, vw, rounding_mode='floor')
-    first = plane * (H * W) + row * W + (within - row * vw)  # flat index of each block's top-left pixel
-    offsets = (torch.arange(bh, device=seeds.device) * W).view(-1, 1) + torch.arange(bw, device=seeds.device).view(1, -1)
-    covered = (first.view(-1, 1) + offsets.view(1, -1)).reshape(-1)
-    dropped = torch.zeros(N * C * H * W, dtype=torch.bool, device=seeds.device)
-    dropped.index_fill_(0, covered, True)
-    return dropped.view(N, C, H, W)
-
-
-def _sparse_keep_mask(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
-    """The rescaled float32 keep mask (N, C, H, W) of the seeds, built from the seed positions.
-
-    The same values as ``_dense_keep_mask``, several times faster on CPU: seeds are rare (gamma is a few
-    per mille) while PyTorch's CPU ``max_pool2d`` with stride 1 makes ``bh * bw`` strided loads for every
-    pixel of every channel. (``nonzero`` would make an accelerator wait for the host, so it is CPU-only.)
-    """
-    dropped = _dropped_blocks(seeds, H, W, bh, bw)
-    numel = dropped.numel()
-    kept = (numel - torch.count_nonzero(dropped)).clamp(min=1).to(torch.float32)
+    first = starts + plane * (H * W - vh * vw) + row * (W - vw)  # flat index of each block's top-left pixel
+    block: List[int] = []
+    for a in range(bh):
+        for b in range(bw):
+            block.append(a * W + b)
+    offsets = torch.tensor(block, dtype=torch.int64, device=starts.device)
+    covered = (first.unsqueeze(1) + offsets).view(-1)
+    keep = torch.ones(N * C * H * W, dtype=torch.float32, device=starts.device).index_fill_(0, covered, 0.0)
     # Rescale so the mean activation is kept; a mask that drops everything gives zeros, not 0 / 0.
-    return torch.where(dropped, 0.0, numel / kept)
+    keep = keep.mul_(keep.numel() / keep.sum().clamp(min=1.0))
+    return keep.view(N, C, H, W)
 
 
 def _dense_keep_mask(seeds: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
-    """The rescaled float32 keep mask of the seeds: each seed's block by a max-pool over the padded seeds."""
+    """The rescaled float32 keep mask of a dense (N, C, vh, vw) 0/1 seed map: each seed's block by a max-pool."""
     if bh > 1 or bw > 1:
         seeds = F.pad(seeds, (bw - 1, bw - 1, bh - 1, bh - 1))
         dropped = F.max_pool2d(seeds, (bh, bw), stride=1)
@@ -71,27 +95,34 @@ def _dense_keep_mask(seeds: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
     return keep * (keep.numel() / keep.sum().clamp(min=1.0))
 
 
-# Under torch.compile the sparse mask runs as an opaque custom op: nonzero's data-dependent size stays inside
-# it, so the graph has no break (fullgraph=True works) and static shapes; inductor calls it like an ATen kernel.
+# Under torch.compile the gap-to-mask step runs as an opaque custom op: its data-dependent sizes stay inside
+# it, so the graph has no break (fullgraph=True works) and static shapes. The random gaps are drawn in the
+# graph, so the op itself is a pure function of its inputs.
 _keep_mask_op = None
 if hasattr(torch.library, 'custom_op'):  # torch >= 2.4
     try:
         @torch.library.custom_op('timm_metalayers::dropblock_keep_mask', mutates_args=(), device_types='cpu')
-        def _keep_mask_op(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
-            return _sparse_keep_mask(seeds, H, W, bh, bw)
+        def _keep_mask_op(gaps: torch.Tensor, N: int, C: int, H: int, W: int, bh: int, bw: int,
+                          gamma: float) -> torch.Tensor:
+            n = N * C * (H - bh + 1) * (W - bw + 1)
+            return _sparse_keep_mask(_seed_starts_from_gaps(gaps, n, gamma), N, C, H, W, bh, bw)
 
         @_keep_mask_op.register_fake
-        def _(seeds, H, W, bh, bw):
-            return seeds.new_empty((seeds.shape[0], seeds.shape[1], H, W))
+        def _(gaps, N, C, H, W, bh, bw, gamma):
+            return gaps.new_empty((N, C, H, W), dtype=torch.float32)
     except RuntimeError:  # already registered (the module was loaded twice)
         _keep_mask_op = None
 
 
 @torch.jit.unused
-def _compiled_keep_mask(seeds: torch.Tensor, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
-    if _keep_mask_op is None:
-        return _dense_keep_mask(seeds, bh, bw)
-    return _keep_mask_op(seeds, H, W, bh, bw)
+def _compiled_keep_mask(gaps: torch.Tensor, N: int, C: int, H: int, W: int, bh: int, bw: int,
+                        gamma: float) -> torch.Tensor:
+    if _keep_mask_op is None:  # torch < 2.4: the seeds as a dense map, then the max-pool
+        n = N * C * (H - bh + 1) * (W - bw + 1)
+        seeds = torch.zeros(n, dtype=torch.float32, device=gaps.device)
+        seeds.index_fill_(0, _seed_starts_from_gaps(gaps, n, gamma), 1.0)
+        return _dense_keep_mask(seeds.view(N, C, H - bh + 1, W - bw + 1), bh, bw)
+    return _keep_mask_op(gaps, N, C, H, W, bh, bw, gamma)
 
 
 def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_scale: float,
@@ -110,14 +141,21 @@ def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_s
     # Seeds only where a whole block fits; each seed drops the block that starts at it, so every
     # dropped region is a union of whole (bh, bw) blocks, for odd and even sizes alike.
     # (The mask never requires grad, so no torch.no_grad() is needed.)
+    n = N * C * valid_h * valid_w
+    if x.is_cpu and 0.0 < gamma <= 0.25:  # _GAP_SEED_RATE_MAX (a literal, for TorchScript)
+        gaps = torch.empty(_num_gaps(n, gamma), dtype=torch.float64, device=x.device)
+        gaps.geometric_(gamma, generator=generator)
+        if torch.compiler.is_compiling():
+            keep = _compiled_keep_mask(gaps, N, C, H, W, bh, bw, gamma)
+        else:
+            keep = _sparse_keep_mask(_seed_starts_from_gaps(gaps, n, gamma, generator), N, C, H, W, bh, bw)
+        return x * keep.to(x.dtype)
     seeds = torch.empty((N, C, valid_h, valid_w), dtype=torch.float32, device=x.device)
     seeds.bernoulli_(gamma, generator=generator)
-    if not x.is_cpu:
+    if x.is_cpu and not torch.compiler.is_compiling():
+        keep = _sparse_keep_mask(seeds.view(-1).nonzero().view(-1), N, C, H, W, bh, bw)
+    else:  # accelerators (nonzero would wait for the host) and torch.compile (static shapes)
         keep = _dense_keep_mask(seeds, bh, bw)
-    elif torch.compiler.is_compiling():
-        keep = _compiled_keep_mask(seeds, H, W, bh, bw)
-    else:
-        keep = _sparse_keep_mask(seeds, H, W, bh, bw)
     return x * keep.to(x.dtype)
 
 
