@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """The layers that run on every step, against their timm / torchvision counterparts, interleaved.
 
-* ``DropBlock`` against timm's ``DropBlock2d`` with ``couple_channels=True`` (timm's default: one mask per
-  sample, shared by all channels) and ``couple_channels=False`` (one mask per sample and channel, as
-  ``DropBlock`` draws them: the like-for-like comparison), forward + backward, at the sizes ResNet-50
-  uses (stage 3: block 5, gamma_scale 0.25; stage 4: block 3, gamma_scale 1.0);
+* ``DropBlock`` against timm's ``DropBlock2d``, like for like in both mask modes: ``couple_channels=False``
+  (one mask per sample and channel, the guide's default) and ``couple_channels=True`` (one mask per sample
+  shared by all channels, timm's default), forward + backward and forward, at the sizes ResNet-50 uses
+  (stage 3: block 5, gamma_scale 0.25; stage 4: block 3, gamma_scale 1.0);
 * ``StochasticDepth`` (row mode) against timm's ``DropPath`` and ``torchvision.ops.stochastic_depth``;
 * ``create_classifier`` heads against timm's ``ClassifierHead``;
 * ``ChannelLayerNorm`` against timm's ``LayerNorm2d``, contiguous and channels_last.
@@ -75,15 +75,14 @@ def cases(batch: int, device: str, quick: bool) -> List[Tuple[str, str, str, Dic
     if quick:
         db_sizes = [((batch, 64, 14, 14), 5, 0.25)]
     for shape, block, gs in db_sizes:
-        ours = DropBlock(p, block, gs).train()
-        coupled = DropBlock2d(p, block, gs, couple_channels=True).train()
-        per_channel = DropBlock2d(p, block, gs, couple_channels=False).train()
-        name = f'DropBlock(block={block}, gamma_scale={gs})'
-        for pass_name, make in (('fwd+bwd', fwd_bwd), ('fwd', fwd)):
-            out.append((name, str(tuple(shape)), pass_name, {
-                'ours': make(ours, shape, device),
-                'timm DropBlock2d couple_channels=False': make(per_channel, shape, device),
-                'timm DropBlock2d couple_channels=True': make(coupled, shape, device)}))
+        for couple in (False, True):
+            ours = DropBlock(p, block, gs, couple_channels=couple).train()
+            ref = DropBlock2d(p, block, gs, couple_channels=couple).train()
+            name = f'DropBlock(block={block}, gamma_scale={gs}, couple_channels={couple})'
+            for pass_name, make in (('fwd+bwd', fwd_bwd), ('fwd', fwd)):
+                out.append((name, str(tuple(shape)), pass_name, {
+                    'ours': make(ours, shape, device),
+                    f'timm DropBlock2d couple_channels={couple}': make(ref, shape, device)}))
 
     sd_sizes = [(batch, 256, 56, 56), (batch, 1024, 14, 14), (batch, 2048, 7, 7)]
     if quick:

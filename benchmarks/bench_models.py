@@ -161,7 +161,8 @@ def train_step_fn(model, params, x, y, lr=1e-4):
 
 
 def _figure(results: Dict, key: str, samples: Dict[str, List[float]], batch: int) -> None:
-    results[key] = {impl: dict(value=batch / median(s), spread=spread(s), samples=len(s))
+    results[key] = {impl: dict(value=batch / median(s), spread=spread(s), samples=len(s),
+                               images_per_s=[round(batch / t, 4) for t in s])
                     for impl, s in samples.items()}
 
 
@@ -219,6 +220,8 @@ def bench_model(name: str, args) -> Dict[str, Any]:
             if args.verbose:
                 traceback.print_exc()
 
+    if args.case_order == 'timm-first':
+        models = {'timm': models['timm'], 'ours': models['ours']}
     for m in models.values():
         m.eval()
 
@@ -474,6 +477,8 @@ def parse_args(argv=None):
                    help='render one report from the --json files of split runs, measure nothing')
     p.add_argument('--build-order', choices=('ours-first', 'timm-first'), default='ours-first',
                    help='which model of a pair is built (and so allocated) first')
+    p.add_argument('--case-order', choices=('ours-first', 'timm-first'), default='ours-first',
+                   help='which model comes first in warm-up and in the interleaved timing (A B, B A, ...)')
     p.add_argument('--aa-control', action='store_true',
                    help="noise floor: measure timm's model against a second instance of itself in the 'ours' "
                         "slot (built first, as ours is); its ratios show what chance alone gives")
@@ -507,7 +512,7 @@ def main(argv=None) -> int:
                         channels_last=args.channels_last, reps=args.reps, warmup=args.warmup,
                         min_run_s=args.min_run_s, drop_path_rate=args.drop_path_rate,
                         drop_block_rate=args.drop_block_rate, optimizer='SGD(lr=1e-4)', mm_n=args.mm_n,
-                        build_order=args.build_order,
+                        build_order=args.build_order, case_order=args.case_order,
                         **({'A/A control': "timm's model in both columns"} if args.aa_control else {})),
             entries=[])
         report['mm_flops'] = matmul_flops(args.device, args.mm_n)

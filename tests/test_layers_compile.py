@@ -86,7 +86,8 @@ def test_compile_dropblock_functional_and_zero_prob():
     torch._dynamo.reset()
 
     def f(x):
-        return dropblock(x, 0.3, 4, 1.0, True) + dropblock(x, 1.0, 3, 1.0, True) + dropblock(x, 0.3, 3, 1.0, False)
+        return (dropblock(x, 0.3, 4, 1.0, True) + dropblock(x, 1.0, 3, 1.0, True) + dropblock(x, 0.3, 3, 1.0, False)
+                + dropblock(x, 0.3, 3, couple_channels=True))
 
     x = torch.ones(2, 3, 9, 9)
     compiled = torch.compile(f, fullgraph=True, backend='aot_eager')
@@ -98,6 +99,7 @@ def test_compile_dropblock_functional_and_zero_prob():
 SCRIPTABLE = {
     'DropBlock': lambda: DropBlock(0.2, 3),
     'DropBlock_even_big': lambda: DropBlock(0.3, 20),
+    'DropBlock_coupled': lambda: DropBlock(0.2, 3, couple_channels=True),
     'DropBlock_generator': lambda: DropBlock(0.2, 4, generator=torch.Generator().manual_seed(0)),
     'StochasticDepth_row': lambda: StochasticDepth(0.3),
     'StochasticDepth_batch': lambda: StochasticDepth(0.3, 'batch'),

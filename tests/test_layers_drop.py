@@ -137,6 +137,41 @@ def test_dropblock_masks_independent_per_channel_and_sample():
     assert len(distinct) == 24
 
 
+def test_dropblock_couple_channels_shares_one_mask_per_sample():
+    torch.manual_seed(6)
+    m = DropBlock(0.3, 3, couple_channels=True).train()
+    assert 'couple_channels=True' in repr(m)
+    y = m(torch.ones(4, 6, 12, 12))
+    zeros = (y == 0)
+    assert torch.equal(zeros, zeros[:, :1].expand_as(zeros))  # every channel of a sample: the same mask
+    assert len({tuple(zeros[n, 0].flatten().tolist()) for n in range(4)}) == 4  # samples differ
+    for n in range(4):
+        assert is_union_of_blocks(zeros[n, 0].numpy(), 3, 3)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x = torch.ones(2, 5, 9, 9)
+    assert torch.equal(dropblock(x, 0.3, 3, generator=g1, couple_channels=True),
+                       DropBlock(0.3, 3, generator=g2, couple_channels=True).train()(x))
+
+
+@pytest.mark.parametrize('block', [3, 4])
+def test_dropblock_couple_channels_statistics(block):
+    torch.manual_seed(12)
+    p, H, W = 0.1, 16, 16
+    m = DropBlock(p, block, couple_channels=True).train()
+    x = torch.ones(256, 3, H, W)
+    ys = [m(x) for _ in range(10)]
+    frac = float(np.mean([(y == 0).float().mean().item() for y in ys]))
+    assert frac == pytest.approx(expected_zero_fraction(H, W, p, block), abs=0.006)
+    assert float(np.mean([y.mean().item() for y in ys])) == pytest.approx(1.0, abs=0.01)  # rescaled
+
+
+def test_dropblock_couple_channels_must_be_bool():
+    with pytest.raises(TypeError, match=r'couple_channels.*1'):
+        DropBlock(0.1, 3, couple_channels=1)
+    with pytest.raises(TypeError, match=r"couple_channels.*'yes'"):
+        dropblock(torch.ones(1, 1, 4, 4), 0.1, 3, couple_channels='yes')
+
+
 def test_dropblock_prob_one_gives_zeros_not_nan():
     for shape in [(2, 3, 7, 7), (2, 3, 10, 10), (1, 1, 3, 20)]:
         x = torch.randn(*shape, requires_grad=True)

@@ -149,6 +149,7 @@ def test_drop_block_rate_places_dropblock_in_stages_3_and_4():
                 assert stage_idx in (2, 3)
                 assert block.drop_block.block_size == (5 if stage_idx == 2 else 3)
                 assert block.drop_block.gamma_scale == (0.25 if stage_idx == 2 else 1.0)
+                assert block.drop_block.couple_channels  # as timm's ResNet
                 assert block.drop_block.drop_block_prob == pytest.approx(schedule[block_idx])
             else:
                 assert stage_idx in (0, 1)
@@ -157,6 +158,14 @@ def test_drop_block_rate_places_dropblock_in_stages_3_and_4():
     for rate in (0.0, None):
         assert not any(isinstance(m, DropBlock)
                        for m in timm.create_model('metalayers_resnet50', drop_block_rate=rate).modules())
+
+
+def test_drop_block_couple_channels_option():
+    model = timm.create_model('metalayers_resnet18', drop_block_rate=0.2, drop_block_couple_channels=False)
+    blocks = [m for m in model.modules() if isinstance(m, DropBlock)]
+    assert blocks and not any(b.couple_channels for b in blocks)
+    with pytest.raises(TypeError, match=r"drop_block_couple_channels.*'no'"):
+        timm.create_model('metalayers_resnet18', drop_block_rate=0.2, drop_block_couple_channels='no')
 
 
 def test_drop_rate_and_global_pool_reach_create_classifier():

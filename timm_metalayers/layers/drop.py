@@ -19,6 +19,12 @@ def _check_gamma_scale(gamma_scale: object) -> float:
     return float(gamma_scale)
 
 
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be True or False, got {value!r}')
+    return value
+
+
 def _check_4d(x: torch.Tensor, who: str) -> None:
     if x.dim() != 4:
         raise ValueError(f'{who} expects x to be a 4-D NCHW tensor, got a {x.dim()}-D tensor of shape '
@@ -36,6 +42,8 @@ def _check_generator(generator: object) -> Optional[torch.Generator]:
 # drawing the gaps between seeds (geometric) is exact and needs ~gamma * n random numbers instead of n;
 # above this rate a dense Bernoulli draw is cheaper.
 _GAP_SEED_RATE_MAX = 0.25
+# Below this much max-pool work (seed positions x block area) a dense mask is cheaper than the sparse one.
+_SPARSE_MIN_WORK = 32768
 
 
 def _num_gaps(n: int, gamma: float) -> int:
@@ -59,6 +67,11 @@ def _seed_starts_from_gaps(gaps: torch.Tensor, n: int, gamma: float,
     return (ends[ends <= n] - 1).to(torch.int64)
 
 
+def _rescale_(keep: torch.Tensor) -> torch.Tensor:
+    """Divide a 0/1 keep mask in place by its mean, so the mean activation is kept; all-zero stays zeros."""
+    return keep.div_(keep.mean().clamp_(min=1.0 / keep.numel()))
+
+
 def _sparse_keep_mask(starts: torch.Tensor, N: int, C: int, H: int, W: int, bh: int, bw: int) -> torch.Tensor:
     """The rescaled float32 keep mask (N, C, H, W) of the seeds at flat ``starts`` of the (N * C, vh, vw) grid.
 
@@ -78,9 +91,7 @@ def _sparse_keep_mask(starts: torch.Tensor, N: int, C: int, H: int, W: int, bh: 
     offsets = torch.tensor(block, dtype=torch.int64, device=starts.device)
     covered = (first.unsqueeze(1) + offsets).view(-1)
     keep = torch.ones(N * C * H * W, dtype=torch.float32, device=starts.device).index_fill_(0, covered, 0.0)
-    # Rescale so the mean activation is kept; a mask that drops everything gives zeros, not 0 / 0.
-    keep = keep.mul_(keep.numel() / keep.sum().clamp(min=1.0))
-    return keep.view(N, C, H, W)
+    return _rescale_(keep).view(N, C, H, W)
 
 
 def _dense_keep_mask(seeds: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
@@ -90,9 +101,7 @@ def _dense_keep_mask(seeds: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
         dropped = F.max_pool2d(seeds, (bh, bw), stride=1)
     else:
         dropped = seeds
-    keep = 1.0 - dropped
-    # Rescale so the mean activation is kept; a mask that drops everything gives zeros, not 0 / 0.
-    return keep * (keep.numel() / keep.sum().clamp(min=1.0))
+    return _rescale_(1.0 - dropped)
 
 
 # Under torch.compile the gap-to-mask step runs as an opaque custom op: its data-dependent sizes stay inside
@@ -126,9 +135,11 @@ def _compiled_keep_mask(gaps: torch.Tensor, N: int, C: int, H: int, W: int, bh: 
 
 
 def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_scale: float,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+               generator: Optional[torch.Generator] = None, couple_channels: bool = False) -> torch.Tensor:
     """The training-time computation; arguments are already validated and ``x`` is 4-D."""
     N, C, H, W = x.shape
+    if couple_channels:  # one mask per sample, broadcast over the channels
+        C = 1
     if drop_block_prob >= 1.0:
         # Everything is dropped: zeros (still x times a mask, so gradients are zeros), never 0 / 0.
         keep = torch.zeros((1, 1, 1, 1), dtype=torch.float32, device=x.device)
@@ -142,7 +153,10 @@ def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_s
     # dropped region is a union of whole (bh, bw) blocks, for odd and even sizes alike.
     # (The mask never requires grad, so no torch.no_grad() is needed.)
     n = N * C * valid_h * valid_w
-    if x.is_cpu and 0.0 < gamma <= 0.25:  # _GAP_SEED_RATE_MAX (a literal, for TorchScript)
+    # Small masks (a mask per sample shared by the channels, small maps) are cheapest dense: the sparse
+    # path's dozen small ops cost more than max-pooling a few thousand values.
+    sparse = x.is_cpu and n * bh * bw >= 32768  # _SPARSE_MIN_WORK (a literal, for TorchScript)
+    if sparse and 0.0 < gamma <= 0.25:  # _GAP_SEED_RATE_MAX (a literal, for TorchScript)
         gaps = torch.empty(_num_gaps(n, gamma), dtype=torch.float64, device=x.device)
         gaps.geometric_(gamma, generator=generator)
         if torch.compiler.is_compiling():
@@ -152,15 +166,16 @@ def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_s
         return x * keep.to(x.dtype)
     seeds = torch.empty((N, C, valid_h, valid_w), dtype=torch.float32, device=x.device)
     seeds.bernoulli_(gamma, generator=generator)
-    if x.is_cpu and not torch.compiler.is_compiling():
+    if sparse and not torch.compiler.is_compiling():
         keep = _sparse_keep_mask(seeds.view(-1).nonzero().view(-1), N, C, H, W, bh, bw)
-    else:  # accelerators (nonzero would wait for the host) and torch.compile (static shapes)
+    else:  # small masks, accelerators (nonzero would wait for the host) and torch.compile (static shapes)
         keep = _dense_keep_mask(seeds, bh, bw)
     return x * keep.to(x.dtype)
 
 
 def dropblock(x: torch.Tensor, drop_block_prob: Optional[float], block_size: int, gamma_scale: float = 1.0,
-              active: bool = True, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+              active: bool = True, *, generator: Optional[torch.Generator] = None,
+              couple_channels: bool = False) -> torch.Tensor:
     """Zero random ``block_size x block_size`` squares of each sample and channel of ``x`` (NCHW).
 
     Args:
@@ -170,6 +185,8 @@ def dropblock(x: torch.Tensor, drop_block_prob: Optional[float], block_size: int
         gamma_scale: factor on gamma, the seed rate computed as in the DropBlock paper.
         active: False returns ``x`` unchanged (what a model does in eval mode).
         generator: a ``torch.Generator`` for reproducible masks (None uses the global RNG).
+        couple_channels: True draws one mask per sample, shared by all channels (timm's
+            ``DropBlock2d`` default, the DropBlock paper); False (the guide's) one per sample and channel.
 
     Kept values are rescaled so the mean activation is preserved. Package developers use this;
     models use ``DropBlock``.
@@ -178,10 +195,11 @@ def dropblock(x: torch.Tensor, drop_block_prob: Optional[float], block_size: int
     check_positive_int(block_size, 'block_size')
     gamma_scale = _check_gamma_scale(gamma_scale)
     _check_generator(generator)
+    _check_bool(couple_channels, 'couple_channels')
     _check_4d(x, 'dropblock')
     if not active or not drop_block_prob:
         return x
-    return _dropblock(x, drop_block_prob, block_size, gamma_scale, generator)
+    return _dropblock(x, drop_block_prob, block_size, gamma_scale, generator, couple_channels)
 
 
 class DropBlock(nn.Module):
@@ -194,27 +212,31 @@ class DropBlock(nn.Module):
             larger than the map work.
         gamma_scale: multiplicative factor on gamma, the seed rate of the DropBlock paper.
         generator: a ``torch.Generator`` for reproducible masks (None uses the global RNG).
+        couple_channels: False (the guide's default) draws a mask for every sample and channel; True one
+            mask per sample shared by all channels, as timm's ``DropBlock2d`` does by default.
 
-    Masks are drawn independently for every sample and channel; kept values are rescaled so the
-    mean activation is preserved. Input: a 4-D NCHW tensor.
+    Kept values are rescaled so the mean activation is preserved. Input: a 4-D NCHW tensor.
     """
 
     def __init__(self, drop_block_prob: Optional[float] = 0.1, block_size: int = 7, gamma_scale: float = 1.0,
-                 *, generator: Optional[torch.Generator] = None):
+                 *, generator: Optional[torch.Generator] = None, couple_channels: bool = False):
         super().__init__()
         self.drop_block_prob = check_probability(drop_block_prob, 'drop_block_prob') or 0.0
         self.block_size = check_positive_int(block_size, 'block_size')
         self.gamma_scale = _check_gamma_scale(gamma_scale)
         self.generator = _check_generator(generator)
+        self.couple_channels = _check_bool(couple_channels, 'couple_channels')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_4d(x, 'DropBlock')
         if not self.training or self.drop_block_prob == 0.0:
             return x
-        return _dropblock(x, self.drop_block_prob, self.block_size, self.gamma_scale, self.generator)
+        return _dropblock(x, self.drop_block_prob, self.block_size, self.gamma_scale, self.generator,
+                          self.couple_channels)
 
     def extra_repr(self) -> str:
-        return f'drop_block_prob={self.drop_block_prob}, block_size={self.block_size}, gamma_scale={self.gamma_scale}'
+        s = f'drop_block_prob={self.drop_block_prob}, block_size={self.block_size}, gamma_scale={self.gamma_scale}'
+        return s + (', couple_channels=True' if self.couple_channels else '')
 
 
 class StochasticDepth(nn.Module):

@@ -213,6 +213,7 @@ class ResNet(nn.Module):
             drop_rate: float = 0.0,
             drop_path_rate: Optional[float] = 0.0,
             drop_block_rate: Optional[float] = 0.0,
+            drop_block_couple_channels: bool = True,
             zero_init_last: bool = True,
             device=None,
             dtype=None,
@@ -235,6 +236,8 @@ class ResNet(nn.Module):
         drop_rate = check_probability(drop_rate, 'drop_rate') or 0.0
         check_probability(drop_path_rate, 'drop_path_rate')
         check_probability(drop_block_rate, 'drop_block_rate')
+        if not isinstance(drop_block_couple_channels, bool):
+            raise TypeError(f'drop_block_couple_channels must be True or False, got {drop_block_couple_channels!r}')
         norm_layer = resolve_norm_layer(norm_layer)
         attn = _resolve_attn(attn_layer)
 
@@ -257,6 +260,7 @@ class ResNet(nn.Module):
             drop_paths = linear_scheduler(drop_path_rate or 0.0, depth=depth)
             drop_blocks = linear_scheduler(drop_block_rate or 0.0, depth=depth)
             dropblock_args = (None, None, dict(block_size=5, gamma_scale=0.25), dict(block_size=3, gamma_scale=1.0))
+            dropblock_args = [a and dict(a, couple_channels=drop_block_couple_channels) for a in dropblock_args]
             block_idx, reduction, channels = 0, 4, inplanes
             for stage_idx, (num_blocks, stage_name) in enumerate(zip(layers, STAGE_NAMES)):
                 planes = 64 * 2 ** stage_idx
@@ -429,6 +433,8 @@ def resnet(block: Union[str, Callable[..., ResidualBlock]], layers: Sequence[int
         attn_layer: ``"se"`` or a callable ``planes -> module`` applied to each branch (squeeze-and-excite).
         drop_rate: dropout of the head; drop_path_rate: stochastic depth, scheduled over all blocks;
         drop_block_rate: DropBlock in stages 3 and 4, scheduled over all blocks.
+        drop_block_couple_channels: True (default, as timm's ResNet and the DropBlock paper) drops the same
+            blocks in every channel of a sample; False draws a mask per channel, as Metalhead does.
         global_pool: the head's pool (a timm ``global_pool`` name or a module such as ``AdaptiveMeanMaxPool()``).
         head_hidden_size: a hidden layer in the head (the hidden form of ``create_classifier``).
         num_classes, in_chans: classes (0 for a feature extractor) and input channels.
