@@ -43,6 +43,9 @@ from benchmarks import (count_flops, fmt_num, interleaved, load_average, machine
 PREFIX = 'metalayers_'
 IMPLS = ('ours', 'timm')
 QUICK_MODEL = 'metalayers_resnet18'
+# FLOPs of a training step per forward FLOP (forward + gradients of inputs and of weights). Counted, not assumed,
+# it would be wrong for grouped convolutions: torch's FlopCounterMode ignores the groups in the weight gradient.
+TRAIN_FLOPS_FACTOR = 3
 
 # (key, column title, kind) in table order; kind 'speed' is images/s (higher is better), 'mem' bytes.
 FIGURES = [
@@ -253,10 +256,6 @@ def bench_model(name: str, args) -> Dict[str, Any]:
             _figure(figures, 'train', samples, args.train_batch)
         attempt('train', train)
         attempt('train_mem', lambda: _memory_figure(figures, 'train_mem', steps, models, args.device))
-        if args.flops:
-            def train_flops():
-                entry['train_flops_per_img'] = count_flops(steps['timm']) / args.train_batch
-            attempt('flops', train_flops)
 
     # --- torch.compile ---------------------------------------------------------------------------
     if args.compile == 'check':
@@ -309,9 +308,14 @@ def bench_model(name: str, args) -> Dict[str, Any]:
 # tables
 # ---------------------------------------------------------------------------------------------
 
-def _ratio(fig: Dict[str, Dict[str, float]]) -> Optional[float]:
-    ours, ref = fig['ours']['value'], fig['timm']['value']
-    return ours / ref if ref else None
+def _ratio(fig: Dict[str, Dict[str, Any]]) -> Optional[float]:
+    """ours / timm. For throughput: the median over rounds of the ratio within a round (both models are timed
+    back to back in every round, so a machine that drifts slower over a figure cancels out of each ratio)."""
+    ours, ref = fig['ours'], fig['timm']
+    a, b = ours.get('images_per_s'), ref.get('images_per_s')
+    if a and b and len(a) == len(b) and all(b):
+        return median([x / y for x, y in zip(a, b)])
+    return ours['value'] / ref['value'] if ref['value'] else None
 
 
 def _cell(fig: Optional[Dict], kind: str, error: Optional[str]) -> str:
@@ -341,7 +345,9 @@ def render(report: Dict[str, Any]) -> str:
     titles = {k: t.format(**cfg) for k, t, _ in FIGURES}
     kinds = {k: kind for k, _, kind in FIGURES}
     out += ['## Ours / timm', '',
-            'Each cell: ours / timm = ratio. Throughput in images/s (ratio > 1: ours faster; `(!)`: below 0.97); '
+            'Each cell: ours / timm = ratio. Throughput in images/s, the median of the timed runs (ratio: the '
+            'median of the per-round ratios, ours and timm timed back to back in each round; > 1: ours faster; '
+            '`(!)`: below 0.97); '
             'peak memory of a training step in MiB above the weights (activations, gradients, temporaries) '
             '(ratio < 1: ours smaller).', '']
     checked = any('compile_check' in e for e in entries)
@@ -382,8 +388,8 @@ def render(report: Dict[str, Any]) -> str:
             continue
         f_ours, f_timm = fl['ours'], fl['timm']
         row = [e['model'][len(PREFIX):], f'{f_ours / 1e9:.2f}' + ('' if f_ours == f_timm else f' (timm {f_timm / 1e9:.2f})')]
-        for key, per_img in (('infer_bn', f_ours), ('train', e.get('train_flops_per_img')),
-                             ('c_infer_bn', f_ours), ('c_train', e.get('train_flops_per_img'))):
+        for key, per_img in (('infer_bn', f_ours), ('train', TRAIN_FLOPS_FACTOR * f_ours),
+                             ('c_infer_bn', f_ours), ('c_train', TRAIN_FLOPS_FACTOR * f_ours)):
             fig = e['figures'].get(key)
             if fig is None or not per_img:
                 row.append('-')
@@ -393,8 +399,10 @@ def render(report: Dict[str, Any]) -> str:
         rows.append(row)
     if rows:
         out += ['## Ceiling', '',
-                f'Achieved GFLOP/s of ours (FLOPs per image from `FlopCounterMode` x images/s) and the share of the '
-                f'measured matmul rate ({report["mm_flops"] / 1e9:.1f} GFLOP/s).', '']
+                f'Achieved GFLOP/s of ours (forward FLOPs per image from `FlopCounterMode` x images/s; a training '
+                f'step counts {TRAIN_FLOPS_FACTOR} x the forward FLOPs: the backward computes a gradient for the input '
+                f'and one for the weights) and the share of the measured matmul rate '
+                f'({report["mm_flops"] / 1e9:.1f} GFLOP/s).', '']
         header = ['model', 'GFLOPs/img (fwd)', titles['infer_bn'], titles['train'], titles['c_infer_bn'],
                   titles['c_train']]
         out += [markdown_table(header, rows), '']
@@ -427,7 +435,7 @@ def merge(paths: Sequence[str]) -> Dict[str, Any]:
             into = by_model[e['model']]
             into['figures'].update(e['figures'])
             into['errors'].update(e['errors'])
-            for key in ('compile_check', 'compile_s', 'flops_per_img', 'train_flops_per_img', 'kwargs', 'img_size'):
+            for key in ('compile_check', 'compile_s', 'flops_per_img', 'kwargs', 'img_size'):
                 if key in e and (key not in into or key in ('compile_check', 'compile_s')):
                     into[key] = e[key]
             into['seconds'] = into.get('seconds', 0) + e.get('seconds', 0)

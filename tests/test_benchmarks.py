@@ -66,6 +66,23 @@ def test_bench_layers_quick_produces_the_table():
 # what the benchmarks rely on: compile (fullgraph, train and eval) and channels_last end to end
 # ---------------------------------------------------------------------------------------------
 
+def _channels_last_and_compiled(model, x, atol):
+    """The model and input in channels_last, and the model compiled with fullgraph=True; eval outputs of both
+    equal the contiguous eager output."""
+    model.eval()
+    with torch.inference_mode():
+        ref = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    # fullgraph=True fails on any graph break; aot_eager traces forward and backward through AOTAutograd
+    # (inductor's C++ code generation is the slow part on small CI machines and adds nothing here)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend='aot_eager')
+    with torch.inference_mode():
+        assert torch.allclose(model(x_cl), ref, atol=atol, rtol=atol)
+        assert torch.allclose(compiled(x_cl), ref, atol=atol, rtol=atol)
+    return model, x_cl, compiled
+
+
 def _tiny_resnet():
     from timm_metalayers.models.resnet import ResNet
     torch.manual_seed(0)
@@ -80,20 +97,9 @@ def test_tiny_resnet_compiles_fullgraph_train_and_eval_in_channels_last():
     model = _tiny_resnet()
     assert any(isinstance(m, DropBlock) for m in model.modules())
     assert any(isinstance(m, StochasticDepth) for m in model.modules())
-    x = torch.randn(2, 3, 32, 32)
-    model.eval()
+    model, x_cl, compiled = _channels_last_and_compiled(model, torch.randn(2, 3, 32, 32), atol=1e-5)
     with torch.inference_mode():
-        ref = model(x)
-    model = model.to(memory_format=torch.channels_last)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    # fullgraph=True fails on any graph break; aot_eager traces forward and backward through AOTAutograd
-    # (inductor's C++ code generation is the slow part on small CI machines and adds nothing here)
-    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend='aot_eager')
-    with torch.inference_mode():
-        features = model.forward_features(x_cl)
-        assert features.is_contiguous(memory_format=torch.channels_last)
-        assert torch.allclose(model(x_cl), ref, atol=1e-5, rtol=1e-5)
-        assert torch.allclose(compiled(x_cl), ref, atol=1e-5, rtol=1e-5)
+        assert model.forward_features(x_cl).is_contiguous(memory_format=torch.channels_last)
 
     model.train()
     with torch._inductor.config.patch(fallback_random=True):
@@ -104,6 +110,26 @@ def test_tiny_resnet_compiles_fullgraph_train_and_eval_in_channels_last():
     assert torch.allclose(out, eager, atol=1e-5, rtol=1e-5)
     out.logsumexp(1).sum().backward()
     grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize('name,kwargs,size', [
+    ('metalayers_mobilenetv3_small_050', dict(drop_path_rate=0.2, drop_rate=0.1), 64),
+    ('metalayers_vit_tiny_patch16_224', dict(drop_path_rate=0.2, img_size=32), 32),
+    ('metalayers_inception_v3', dict(drop_rate=0.2), 107),
+])
+def test_model_families_compile_fullgraph_train_and_eval_in_channels_last(name, kwargs, size):
+    """The other families (the tiny ResNet above covers ResNet): channels_last end to end and one whole graph
+    in eval (equal to eager) and training (finite gradients on every parameter). BENCHMARKS.md compiles them all."""
+    import timm
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **kwargs)
+    model, x_cl, compiled = _channels_last_and_compiled(model, torch.randn(2, 3, size, size), atol=1e-4)
+    model.train()
+    compiled(x_cl).logsumexp(1).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     torch._dynamo.reset()
 
