@@ -189,6 +189,16 @@ def test_dropblock_sparse_keep_mask_equals_the_dense_one(shape, block, p, gamma_
         assert (dense == 0).any()
 
 
+def test_dropblock_path_thresholds_match_their_named_constants():
+    """TorchScript cannot read module globals, so _dropblock spells its thresholds as literals; the named
+    constants (used by the tests above) must stay the values it uses."""
+    import inspect
+    from timm_metalayers.layers import drop
+    source = inspect.getsource(drop._dropblock)
+    assert f'n * bh * bw >= {drop._SPARSE_MIN_WORK}' in source
+    assert f'0.0 < gamma <= {drop._GAP_SEED_RATE_MAX}' in source
+
+
 def test_dropblock_seed_gaps_are_a_bernoulli_process():
     from timm_metalayers.layers import drop
     torch.manual_seed(0)

@@ -230,8 +230,7 @@ def test_timm_pretrained_tag_served_by_local_hub(local_hub, tmp_path: Path):
 def test_metalayers_pretrained_tag_served_by_local_hub(local_hub, tmp_path: Path):
     tags = [t for t in timm.list_pretrained('metalayers_resnet*')
             if timm.models.get_pretrained_cfg(t).hf_hub_id]
-    if not tags:
-        pytest.skip('no metalayers_resnet* pretrained tag with an hf_hub_id is registered yet')
+    assert tags, 'no metalayers_resnet* pretrained tag points at the Hub (hf_hub_id)'
     small = sorted(tags, key=lambda t: ('18' not in t, t))[0]
     source = _publish_timm_weights(local_hub, tmp_path, small)
     model = timm.create_model(small, pretrained=True)

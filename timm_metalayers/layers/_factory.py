@@ -99,6 +99,13 @@ def create_norm(norm_factory: Callable[[int], nn.Module], planes: int, *, argnam
     return layer
 
 
+def check_bool(value: object, argname: str) -> bool:
+    """Return ``value`` if it is True or False (not 1, not "yes"), else raise a clear error."""
+    if not isinstance(value, bool):
+        raise TypeError(f'{argname} must be True or False, got {value!r}')
+    return value
+
+
 def check_positive_int(value: object, argname: str, *, allow_zero: bool = False) -> int:
     """Return ``value`` if it is an int > 0 (or >= 0), else raise a clear error."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import register_notrace_module
 
-from ._factory import check_positive_int, check_probability
+from ._factory import check_bool, check_positive_int, check_probability
 
 
 @register_notrace_module  # checks its input shape, so torch.fx keeps it as one leaf
@@ -31,8 +31,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.num_heads = check_positive_int(num_heads, 'num_heads')
         if dim % num_heads:
             raise ValueError(f'dim must be divisible by num_heads, got dim={dim} and num_heads={num_heads}')
-        if not isinstance(qkv_bias, bool):
-            raise TypeError(f'qkv_bias must be True or False, got {qkv_bias!r}')
+        check_bool(qkv_bias, 'qkv_bias')
         self.head_dim = dim // num_heads
         dd = dict(device=device, dtype=dtype)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)

@@ -5,7 +5,7 @@ from typing import Optional, Sequence, Tuple, Union, overload
 
 from torch import nn
 
-from ._factory import ActivationArg, check_positive_int, check_probability, create_activation
+from ._factory import ActivationArg, check_bool, check_positive_int, check_probability, create_activation
 from .pool import create_pool, pool_feat_mult
 
 PoolArg = Union[str, nn.Module, None]
@@ -18,12 +18,6 @@ def _projection(inplanes: int, outplanes: int, use_conv: bool) -> nn.Module:
     if use_conv:
         return nn.Conv2d(inplanes, outplanes, kernel_size=1, bias=True)
     return nn.Linear(inplanes, outplanes)
-
-
-def _check_flag(value: object, argname: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f'{argname} must be True or False, got {value!r}')
-    return value
 
 
 def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activations: Tuple, use_conv: Tuple,
@@ -129,7 +123,7 @@ def create_classifier(inplanes: int, *args, **kwargs) -> nn.Sequential:
 def _create_plain_classifier(inplanes: int, nclasses: int, activation: ActivationArg = None, *,
                              use_conv: bool = False, pool_layer: PoolArg = _DEFAULT_POOL,
                              dropout_prob: Optional[float] = None) -> nn.Sequential:
-    _check_flag(use_conv, 'use_conv')
+    check_bool(use_conv, 'use_conv')
     return _build(inplanes, None, nclasses, (activation,), (use_conv,), pool_layer, dropout_prob)
 
 
@@ -143,7 +137,7 @@ def _create_hidden_classifier(inplanes: int, hidden_planes: int, nclasses: int,
     if not isinstance(use_conv, (tuple, list)) or len(use_conv) != 2:
         raise ValueError(f'use_conv must be a pair of bools (hidden, output), got {use_conv!r}')
     for i, flag in enumerate(use_conv):
-        _check_flag(flag, f'use_conv[{i}]')
+        check_bool(flag, f'use_conv[{i}]')
     return _build(inplanes, hidden_planes, nclasses, tuple(activations), tuple(use_conv), pool_layer, dropout_prob)
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._factory import check_positive_int, check_probability
+from ._factory import check_bool, check_positive_int, check_probability
 
 
 def _check_gamma_scale(gamma_scale: object) -> float:
@@ -17,12 +17,6 @@ def _check_gamma_scale(gamma_scale: object) -> float:
     if gamma_scale < 0:
         raise ValueError(f'gamma_scale must be >= 0, got {gamma_scale}')
     return float(gamma_scale)
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f'{name} must be True or False, got {value!r}')
-    return value
 
 
 def _check_4d(x: torch.Tensor, who: str) -> None:
@@ -195,7 +189,7 @@ def dropblock(x: torch.Tensor, drop_block_prob: Optional[float], block_size: int
     check_positive_int(block_size, 'block_size')
     gamma_scale = _check_gamma_scale(gamma_scale)
     _check_generator(generator)
-    _check_bool(couple_channels, 'couple_channels')
+    check_bool(couple_channels, 'couple_channels')
     _check_4d(x, 'dropblock')
     if not active or not drop_block_prob:
         return x
@@ -225,7 +219,7 @@ class DropBlock(nn.Module):
         self.block_size = check_positive_int(block_size, 'block_size')
         self.gamma_scale = _check_gamma_scale(gamma_scale)
         self.generator = _check_generator(generator)
-        self.couple_channels = _check_bool(couple_channels, 'couple_channels')
+        self.couple_channels = check_bool(couple_channels, 'couple_channels')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_4d(x, 'DropBlock')

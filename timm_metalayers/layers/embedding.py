@@ -8,15 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import register_notrace_module, resample_abs_pos_embed, trunc_normal_
 
-from ._factory import NormArg, check_positive_int, create_norm, pair, resolve_norm_layer
+from ._factory import NormArg, check_bool, check_positive_int, create_norm, pair, resolve_norm_layer
 
 Size2 = Union[int, Tuple[int, int]]
-
-
-def _check_flag(value: object, argname: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f'{argname} must be True or False, got {value!r}')
-    return value
 
 
 @register_notrace_module  # checks its input shape, so torch.fx keeps it as one leaf
@@ -46,10 +40,10 @@ class PatchEmbedding(nn.Module):
         self.img_size, self.grid_size, self.num_patches = self._grid(img_size)
         self.in_chans = check_positive_int(in_chans, 'in_chans')
         self.embed_dim = check_positive_int(embed_dim, 'embed_dim')
-        self.flatten = _check_flag(flatten, 'flatten')
-        self.strict_img_size = not _check_flag(dynamic_img_size, 'dynamic_img_size')
-        self.dynamic_img_pad = _check_flag(dynamic_img_pad, 'dynamic_img_pad')
-        _check_flag(bias, 'bias')
+        self.flatten = check_bool(flatten, 'flatten')
+        self.strict_img_size = not check_bool(dynamic_img_size, 'dynamic_img_size')
+        self.dynamic_img_pad = check_bool(dynamic_img_pad, 'dynamic_img_pad')
+        check_bool(bias, 'bias')
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias,
                               device=device, dtype=dtype)
         norm = resolve_norm_layer(norm_layer)

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ._factory import ActivationArg, NormArg, check_positive_int, check_probability
+from ._factory import ActivationArg, NormArg, check_bool, check_positive_int, check_probability
 from .conv import PadArg, conv_norm
 from .drop import StochasticDepth
 from .squeeze_excite import squeeze_excite
@@ -150,8 +150,7 @@ def mbconv(
     check_positive_int(explanes, 'explanes')
     check_positive_int(outplanes, 'outplanes')
     check_positive_int(stride, 'stride')
-    if not isinstance(no_skip, bool):
-        raise TypeError(f'no_skip must be True or False, got {no_skip!r}')
+    check_bool(no_skip, 'no_skip')
     drop_path_prob = check_probability(drop_path_prob, 'drop_path_prob')
     has_skip = stride == 1 and inplanes == outplanes and not no_skip
     if drop_path_prob and not has_skip:

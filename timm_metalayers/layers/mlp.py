@@ -5,7 +5,7 @@ from typing import Optional
 
 from torch import nn
 
-from ._factory import ActivationArg, check_positive_int, check_probability, create_activation
+from ._factory import ActivationArg, check_bool, check_positive_int, check_probability, create_activation
 
 
 def mlp_block(dim: int, hidden_dim: int, act_layer: ActivationArg = 'gelu', drop: float = 0.0, *,
@@ -28,8 +28,7 @@ def mlp_block(dim: int, hidden_dim: int, act_layer: ActivationArg = 'gelu', drop
     check_positive_int(hidden_dim, 'hidden_dim')
     out_dim = dim if out_dim is None else check_positive_int(out_dim, 'out_dim')
     drop = check_probability(drop, 'drop', allow_none=False)
-    if not isinstance(bias, bool):
-        raise TypeError(f'bias must be True or False, got {bias!r}')
+    check_bool(bias, 'bias')
     act = create_activation(act_layer, argname='act_layer')
     dd = dict(device=device, dtype=dtype)
     return nn.Sequential(OrderedDict([

@@ -17,7 +17,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..layers import DropBlock, StochasticDepth, conv_norm, create_classifier, linear_scheduler, squeeze_excite
-from ..layers._factory import check_positive_int, check_probability, create_activation, resolve_norm_layer
+from ..layers._factory import check_bool, check_positive_int, check_probability, create_activation, resolve_norm_layer
 from ._helpers import pre_logits_depth, rebuild_head, remap_checkpoint, timm_pretrained_cfg
 
 __all__ = ['ResNet', 'ResidualBlock', 'resnet', 'basicblock', 'bottleneck']
@@ -237,8 +237,7 @@ class ResNet(nn.Module):
         drop_rate = check_probability(drop_rate, 'drop_rate') or 0.0
         check_probability(drop_path_rate, 'drop_path_rate')
         check_probability(drop_block_rate, 'drop_block_rate')
-        if not isinstance(drop_block_couple_channels, bool):
-            raise TypeError(f'drop_block_couple_channels must be True or False, got {drop_block_couple_channels!r}')
+        check_bool(drop_block_couple_channels, 'drop_block_couple_channels')
         norm_layer = resolve_norm_layer(norm_layer)
         attn = _resolve_attn(attn_layer)
 
@@ -260,8 +259,9 @@ class ResNet(nn.Module):
             depth = sum(layers)
             drop_paths = linear_scheduler(drop_path_rate or 0.0, depth=depth)
             drop_blocks = linear_scheduler(drop_block_rate or 0.0, depth=depth)
-            dropblock_args = (None, None, dict(block_size=5, gamma_scale=0.25), dict(block_size=3, gamma_scale=1.0))
-            dropblock_args = [a and dict(a, couple_channels=drop_block_couple_channels) for a in dropblock_args]
+            coupled = dict(couple_channels=drop_block_couple_channels)
+            dropblock_args = (None, None, dict(block_size=5, gamma_scale=0.25, **coupled),
+                              dict(block_size=3, gamma_scale=1.0, **coupled))
             block_idx, reduction, channels = 0, 4, inplanes
             for stage_idx, (num_blocks, stage_name) in enumerate(zip(layers, STAGE_NAMES)):
                 planes = 64 * 2 ** stage_idx

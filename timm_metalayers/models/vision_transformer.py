@@ -20,7 +20,7 @@ from timm.models._features import feature_take_indices
 
 from ..layers import (ClassTokens, LayerNormV2, LayerScale, MultiHeadSelfAttention, PatchEmbedding, StochasticDepth,
                       ViPosEmbedding, create_classifier, linear_scheduler, mlp_block, prenorm)
-from ..layers._factory import (ActivationArg, NormArg, check_positive_int, check_probability, create_norm,
+from ..layers._factory import (ActivationArg, NormArg, check_bool, check_positive_int, check_probability, create_norm,
                                resolve_norm_layer)
 from .._timm_tests import hub_tests_off, skip_timm_test
 from ._helpers import CheckpointMismatchError, pre_logits_depth, remap_checkpoint, timm_pretrained_cfg
@@ -170,8 +170,7 @@ class VisionTransformer(nn.Module):
             dtype=None,
     ):
         super().__init__()
-        if not isinstance(class_token, bool):
-            raise TypeError(f'class_token must be True or False, got {class_token!r}')
+        check_bool(class_token, 'class_token')
         self.global_pool = _check_global_pool(global_pool, class_token)
         if fc_norm is not None and not isinstance(fc_norm, bool):
             raise TypeError(f'fc_norm must be True, False or None, got {fc_norm!r}')
