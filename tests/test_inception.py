@@ -14,7 +14,7 @@ from timm_metalayers.layers import StochasticDepth, linear_scheduler
 from timm_metalayers.models import inception_resnet_v2 as irv2_module
 from timm_metalayers.models import inception_v3 as v3_module
 from timm_metalayers.models import inception_v4 as v4_module
-from timm_metalayers.models._helpers import CheckpointMismatchError
+from timm_metalayers.state_dict import CheckpointMismatchError
 
 MODELS = {
     # ours: (timm's architecture, the tag the parity test loads through, stage widths)

@@ -9,7 +9,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
 from timm_metalayers.layers import StochasticDepth, linear_scheduler
-from timm_metalayers.models._helpers import CheckpointMismatchError
+from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.models.mobilenetv3 import HeadResetError, MobileNetV3, checkpoint_filter_fn, mobilenetv3
 
 MODELS = ['mobilenetv3_large_100', 'mobilenetv3_small_100', 'mobilenetv3_small_075', 'mobilenetv3_small_050']

@@ -9,7 +9,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
 from timm_metalayers.layers import AdaptiveMeanMaxPool, DropBlock, StochasticDepth, linear_scheduler
-from timm_metalayers.models._helpers import CheckpointMismatchError
+from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.models.resnet import ResNet, basicblock, bottleneck, checkpoint_filter_fn, resnet
 
 ARCHS = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnet50d', 'resnext50_32x4d',

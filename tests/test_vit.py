@@ -10,7 +10,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
 from timm_metalayers.layers import LayerScale, StochasticDepth, linear_scheduler
-from timm_metalayers.models._helpers import CheckpointMismatchError
+from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 ARCHS = ['vit_tiny_patch16_224', 'vit_small_patch16_224', 'vit_base_patch16_224', 'vit_base_patch32_224',

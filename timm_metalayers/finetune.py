@@ -69,6 +69,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from . import models as _models  # noqa: F401  (registers the metalayers_* models with timm)
+from .state_dict import CheckpointMismatchError, check_state_dict
 
 __all__ = ['FinetuneError', 'build_parser', 'parse_args', 'run', 'main', 'DEFAULT_MODEL']
 
@@ -667,19 +668,10 @@ def _load_safetensors_into(module: nn.Module, path: Path, what: str) -> None:
         sd = safetensors.torch.load_file(str(path), device='cpu')
     except Exception as e:
         raise FinetuneError(f'cannot read {path}: {_first_line(e)}') from e
-    own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    bad = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f'{len(missing)} missing keys (e.g. {missing[0]})')
-        if unexpected:
-            parts.append(f'{len(unexpected)} unexpected keys (e.g. {unexpected[0]})')
-        if bad:
-            parts.append(f'{len(bad)} shape mismatches (e.g. {bad[0]}: {tuple(sd[bad[0]].shape)} vs '
-                         f'{tuple(own[bad[0]].shape)})')
-        raise FinetuneError(f'{what} {path} does not fit this model: ' + ', '.join(parts))
+    try:
+        check_state_dict(sd, module, source=f'{what} {path}')
+    except CheckpointMismatchError as e:
+        raise FinetuneError(str(e)) from e
     module.load_state_dict(sd, strict=True)
 
 

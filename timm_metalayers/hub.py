@@ -38,7 +38,7 @@ from torch import nn
 
 import timm
 
-from .models._helpers import CheckpointMismatchError as _FilterMismatchError
+from .state_dict import CheckpointMismatchError, HubLoadError, check_state_dict, key_listing
 
 __all__ = [
     'ALLOW_PICKLE_ENV', 'HubLoadError', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'MissingFileError',
@@ -61,10 +61,6 @@ PathLike = Union[str, 'os.PathLike[str]']
 # ------------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------------
-class HubLoadError(RuntimeError):
-    """Base class of every error raised while loading weights or models through this module."""
-
-
 class UnsafeCheckpointError(HubLoadError):
     """A pickle checkpoint was refused (not opted in, or it holds more than tensors)."""
 
@@ -83,12 +79,6 @@ class MissingWeightsError(MissingFileError):
 
 class UnknownArchitectureError(HubLoadError, ValueError):
     """A config names an architecture timm does not know."""
-
-
-class CheckpointMismatchError(HubLoadError, _FilterMismatchError):
-    """Checkpoint keys or shapes do not match the model (including a different number of classes).
-
-    A subclass of the model filters' ``CheckpointMismatchError``, so one ``except`` catches both."""
 
 
 class HubConnectionError(HubLoadError, ConnectionError):
@@ -119,12 +109,6 @@ def _check_module(model: object, argname: str = 'model') -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f'{argname} must be a torch.nn.Module, got {type(model).__name__}')
     return model
-
-
-def _short_list(keys: Iterable[str], limit: int = 8) -> str:
-    keys = sorted(keys)
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
 
 
 def _is_pickle_name(name: str) -> bool:
@@ -222,7 +206,7 @@ def _unwrap_state_dict(obj: Any, path: Union[Path, str]) -> Dict[str, torch.Tens
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CorruptCheckpointError(
-            f'{path} is not a plain state dict: entries {_short_list(map(str, bad))} are not tensors.')
+            f'{path} is not a plain state dict: entries {key_listing(sorted(map(str, bad)))} are not tensors.')
     return clean_state_dict(dict(obj))
 
 
@@ -455,7 +439,7 @@ def _prepare_state_dict(
 
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CorruptCheckpointError(f'{source}: entries {_short_list(map(str, bad))} are not tensors')
+        raise CorruptCheckpointError(f'{source}: entries {key_listing(sorted(map(str, bad)))} are not tensors')
 
     # Input stem for a different number of input channels (timm's adapt_input_conv).
     if adapt_in_chans:
@@ -474,12 +458,10 @@ def _prepare_state_dict(
                 classifier_keys.add(name + suffix)
                 sd.pop(name + suffix, None)
 
-    missing = sorted(k for k in target if k not in sd and k not in classifier_keys)
-    unexpected = sorted(k for k in sd if k not in target)
-    mismatched = sorted(k for k in sd if k in target and tuple(sd[k].shape) != tuple(target[k].shape))
-
-    head_mismatch = [k for k in mismatched if any(k.startswith(n + '.') for n in _classifier_names(model, pretrained_cfg))]
-    if head_mismatch and len(head_mismatch) == len(mismatched) and not missing and not unexpected:
+    head_names = _classifier_names(model, pretrained_cfg)
+    head_mismatch = [k for k in sd if k in target and tuple(sd[k].shape) != tuple(target[k].shape)]
+    if head_mismatch and all(any(k.startswith(n + '.') for n in head_names) for k in head_mismatch) \
+            and set(sd) == set(target):
         key = head_mismatch[0]
         ckpt_classes, model_classes = sd[key].shape[0], target[key].shape[0]
         raise CheckpointMismatchError(
@@ -487,18 +469,7 @@ def _prepare_state_dict(
             f'{model_classes} classes ({tuple(target[key].shape)}). Create the model with num_classes={ckpt_classes}, '
             f'or start a new head: create_model_from_hub(..., num_classes={model_classes}) or '
             f'load_weights(..., replace_head=True).')
-    problems = []
-    if missing:
-        problems.append(f'missing keys: {_short_list(missing)}')
-    if unexpected:
-        problems.append(f'unexpected keys: {_short_list(unexpected)}')
-    if mismatched:
-        problems.append('shape mismatches: ' + _short_list(
-            f'{k} {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}' for k in mismatched))
-    if problems:
-        raise CheckpointMismatchError(
-            f'the weights in {source} do not fit {type(model).__name__} '
-            f'({(getattr(model, "pretrained_cfg", None) or {}).get("architecture", "?")}): ' + '; '.join(problems))
+    check_state_dict(sd, model, source=f'the weights in {source}', may_miss=classifier_keys.__contains__)
     return sd, not classifier_keys
 
 

@@ -1,30 +1,13 @@
 """Shared pieces of the model families: strict checkpoint remapping from timm's names onto ours."""
-import re
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
-Rule = Tuple[str, str]
-Renamer = Union[Sequence[Rule], Callable[[str], Optional[str]]]
+from ..state_dict import CheckpointMismatchError, check_state_dict
 
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the model: unmapped, missing or mis-shaped keys, listed in the message."""
-
-
-def _rename(key: str, renamer: Renamer) -> Optional[str]:
-    if callable(renamer):
-        return renamer(key)
-    for pattern, replacement in renamer:
-        key = re.sub(pattern, replacement, key)
-    return key
-
-
-def _listing(keys: Iterable[str], limit: int = 12) -> str:
-    keys = list(keys)
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+Renamer = Callable[[str], Optional[str]]
 
 
 def remap_checkpoint(
@@ -37,11 +20,13 @@ def remap_checkpoint(
     """Map a checkpoint in timm's naming (or already in ours) onto ``model``'s keys, strictly.
 
     Every checkpoint key must map onto a key of the model (``renamer`` may return None to drop a key on
-    purpose), every model key must be provided, and every shape must match — except the classifier
+    purpose), every model key must be provided, and every shape must match, except the classifier
     (which timm drops when ``num_classes`` differs) and the first conv (which timm adapts to ``in_chans``),
     both named by ``model.pretrained_cfg``. ``reshape(new_key, tensor, target)`` may convert a tensor
     (e.g. a 1x1 conv weight to a Linear weight). Raises ``CheckpointMismatchError`` naming the keys.
     """
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointMismatchError(f'expected a state dict, got {type(state_dict).__name__}')
     if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
         state_dict = state_dict['state_dict']
     if 'model' in state_dict and isinstance(state_dict['model'], dict):
@@ -59,37 +44,26 @@ def remap_checkpoint(
     out: Dict[str, torch.Tensor] = {}
     unmapped: List[str] = []
     for key, value in state_dict.items():
-        new_key = key if ours else _rename(key, renamer)
+        new_key = key if ours else renamer(key)
         if new_key is None:
-            continue
-        if new_key not in target:
-            if new_key.startswith(optional_prefixes) or new_key.endswith('num_batches_tracked'):
-                out[new_key] = value  # timm drops a classifier the model does not have
-                continue
-            unmapped.append(f'{key} -> {new_key}' if new_key != key else key)
             continue
         if new_key in out:
             unmapped.append(f'{key} -> {new_key} (twice)')
             continue
-        if reshape is not None and value.shape != target[new_key].shape:
+        if new_key not in target and new_key != key:
+            if not (new_key.startswith(optional_prefixes) or new_key.endswith('num_batches_tracked')):
+                unmapped.append(f'{key} -> {new_key}')
+                continue
+        if reshape is not None and new_key in target and value.shape != target[new_key].shape:
             value = reshape(new_key, value, target[new_key])
         out[new_key] = value
 
-    missing = [k for k in target if k not in out and not k.endswith('num_batches_tracked')
-               and not k.startswith(optional_prefixes)]
-    wrong_shape = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}'
-                   for k, v in out.items() if k in target and v.shape != target[k].shape
-                   and not k.startswith(optional_prefixes) and k not in adaptable]
-    problems = []
-    if unmapped:
-        problems.append(f'{len(unmapped)} checkpoint key(s) with no place in the model: {_listing(unmapped)}')
-    if missing:
-        problems.append(f'{len(missing)} model key(s) the checkpoint does not provide: {_listing(missing)}')
-    if wrong_shape:
-        problems.append(f'{len(wrong_shape)} shape mismatch(es): {_listing(wrong_shape)}')
-    if problems:
-        name = cfg.get('architecture', type(model).__name__)
-        raise CheckpointMismatchError(f'checkpoint does not fit {name}: ' + '; '.join(problems))
+    check_state_dict(
+        out, model, source='checkpoint', unmapped=unmapped,
+        may_miss=lambda k: k.endswith('num_batches_tracked') or k.startswith(optional_prefixes),
+        may_differ=lambda k: k.startswith(optional_prefixes) or k in adaptable,
+        # timm drops a classifier the model does not have
+        may_be_extra=lambda k: k.startswith(optional_prefixes) or k.endswith('num_batches_tracked'))
     return out
 
 
