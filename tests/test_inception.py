@@ -191,7 +191,7 @@ def test_pretrained_adapts_in_chans_head_and_features_only(timm_weights):
 
     features = timm.create_model('metalayers_inception_v3.tf_in1k', pretrained=True, features_only=True,
                                  pretrained_cfg_overlay=dict(file=file))
-    assert torch.equal(features.stages_4[2].branch3[1][0].weight, ref.Mixed_7c.branch_pool.conv.weight)
+    assert torch.equal(features.model.stages[4][2].branch3[1][0].weight, ref.Mixed_7c.branch_pool.conv.weight)
 
 
 @pytest.mark.parametrize('name', list(MODELS))

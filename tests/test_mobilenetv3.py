@@ -10,7 +10,8 @@ from torch import nn
 import timm_metalayers  # noqa: F401 (registers the models)
 from timm_metalayers.layers import StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
-from timm_metalayers.models.mobilenetv3 import HeadResetError, MobileNetV3, checkpoint_filter_fn, mobilenetv3
+from timm_metalayers.layers.classifier import HeadResetError
+from timm_metalayers.models.mobilenetv3 import MobileNetV3, checkpoint_filter_fn, mobilenetv3
 
 MODELS = ['mobilenetv3_large_100', 'mobilenetv3_small_100', 'mobilenetv3_small_075', 'mobilenetv3_small_050']
 TAGS = {
@@ -163,7 +164,7 @@ def test_pretrained_in_chans_and_num_classes(weights):
     model = _ours('mobilenetv3_small_075', path, in_chans=1, num_classes=0).eval()
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 1024)
     features = _ours('mobilenetv3_small_075', path, features_only=True)
-    torch.testing.assert_close(features.stages_0[0].dw[0].weight, ref.blocks[0][0].conv_dw.weight)
+    torch.testing.assert_close(features.model.stages[0][0].dw[0].weight, ref.blocks[0][0].conv_dw.weight)
 
 
 # ------------------------------------------------------------------------------------------------ wiring

@@ -241,8 +241,10 @@ def test_forward_intermediates_and_prune():
         torch.testing.assert_close(final, model.forward_features(x))
         assert [t.shape[1] for t in inter] == [64, 64, 128, 256, 512]
         torch.testing.assert_close(model.forward_intermediates(x, indices=[2], intermediates_only=True)[0], inter[2])
-        with pytest.raises(ValueError, match='output_fmt'):
-            model.forward_intermediates(x, output_fmt='NHWC')
+        nhwc = model.forward_intermediates(x, output_fmt='NHWC', intermediates_only=True)
+        assert all(torch.equal(a, b.permute(0, 2, 3, 1)) for a, b in zip(nhwc, inter))
+        with pytest.raises(ValueError, match="output_fmt must be one of \\('NCHW', 'NHWC'\\).*'NLC'"):
+            model.forward_intermediates(x, output_fmt='NLC')
         kept = model.prune_intermediate_layers([2], prune_norm=True)
         assert kept == [2]
         torch.testing.assert_close(model.forward_features(x), inter[2])

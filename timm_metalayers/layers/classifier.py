@@ -1,8 +1,9 @@
 """``create_classifier``: the classifier head of a model, in the guide's two forms."""
 
 from collections import OrderedDict
-from typing import Optional, Sequence, Tuple, Union, overload
+from typing import List, Optional, Sequence, Tuple, Union, overload
 
+import torch
 from torch import nn
 
 from ._factory import ActivationArg, check_bool, check_positive_int, check_probability, create_activation
@@ -21,7 +22,7 @@ def _projection(inplanes: int, outplanes: int, use_conv: bool) -> nn.Module:
 
 
 def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activations: Tuple, use_conv: Tuple,
-           pool_layer: PoolArg, dropout_prob: Optional[float]) -> nn.Sequential:
+           pool_layer: PoolArg, dropout_prob: Optional[float]) -> 'ClassifierHead':
     check_positive_int(inplanes, 'inplanes')
     check_positive_int(nclasses, 'nclasses', allow_zero=True)
     dropout_prob = check_probability(dropout_prob, 'dropout_prob')
@@ -67,26 +68,151 @@ def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activatio
             layers['hidden_act'] = acts[0]
         if dropout_prob:
             layers['drop'] = nn.Dropout(dropout_prob)
+    pre_logits_width = features
     add_projection('fc', nclasses, use_conv[-1])
     if acts[-1] is not None and nclasses:
         layers['act'] = acts[-1]
-    return nn.Sequential(layers)
+    spec = _HeadSpec(inplanes, hidden_planes, nclasses, tuple(activations), tuple(use_conv), pool_layer,
+                     dropout_prob)
+    return ClassifierHead(layers, spec, pre_logits_width)
+
+
+class HeadResetError(AssertionError, ValueError):
+    """``reset`` asked for a pool whose pooled width does not fit the head's trained hidden layer.
+
+    An ``AssertionError`` (what timm's models raise for this) and a ``ValueError``.
+    """
+
+
+class _HeadSpec:
+    """The arguments a head was built from, so that it can rebuild itself."""
+
+    def __init__(self, inplanes: int, hidden_planes: Optional[int], nclasses: int, activations: Tuple,
+                 use_conv: Tuple, pool_layer: PoolArg, dropout_prob: Optional[float]):
+        self.inplanes, self.hidden_planes, self.nclasses = inplanes, hidden_planes, nclasses
+        self.activations, self.use_conv = activations, use_conv
+        self.pool_layer, self.dropout_prob = pool_layer, dropout_prob
+        self.conv_when_unpooled = False
+
+    def replace(self, **changes) -> '_HeadSpec':
+        spec = _HeadSpec(self.inplanes, self.hidden_planes, self.nclasses, self.activations, self.use_conv,
+                         self.pool_layer, self.dropout_prob)
+        spec.conv_when_unpooled = self.conv_when_unpooled
+        for name, value in changes.items():
+            setattr(spec, name, value)
+        return spec
+
+    def build(self) -> 'ClassifierHead':
+        use_conv = self.use_conv
+        if self.conv_when_unpooled:
+            use_conv = (create_pool(self.pool_layer, argname='global_pool') is None,) * len(use_conv)
+        activations = self.activations
+        if self.hidden_planes is None:  # a plain head, or a hidden one whose hidden layer was dropped
+            activations, use_conv = activations[-1:], use_conv[-1:]
+        head = _build(self.inplanes, self.hidden_planes, self.nclasses, activations, use_conv, self.pool_layer,
+                      self.dropout_prob)
+        head.spec.conv_when_unpooled = self.conv_when_unpooled
+        return head
+
+
+class ClassifierHead(nn.Sequential):
+    """What ``create_classifier`` returns: its layers in order (``global_pool``, ``flatten``, ``hidden``,
+    ``hidden_act``, ``drop``, ``fc``, ``act``, those that apply), and what a model asks of its head.
+
+    ``head(x, pre_logits=True)`` stops before the output layer (the features a linear probe sees);
+    ``hidden_size`` is their width; ``reset(num_classes, pool_layer)`` rebuilds the head in place for
+    another number of classes or pool, keeping a trained hidden layer, on the head's device and dtype.
+    """
+    __jit_unused_properties__ = ['in_features', 'num_classes']
+
+    def __init__(self, layers: 'OrderedDict[str, nn.Module]', spec: _HeadSpec, hidden_size: int):
+        super().__init__(layers)
+        self.spec = spec
+        self.hidden_size = hidden_size
+
+    @property
+    def in_features(self) -> int:
+        """Channels the head takes."""
+        return self.spec.inplanes
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.nclasses
+
+    def convs_when_unpooled(self) -> 'ClassifierHead':
+        """From now on ``reset`` builds 1x1 convs instead of Linear layers whenever there is no pool, so
+        an unpooled head maps the feature map to a map (as MobileNetV3's head does). Returns the head."""
+        self.spec.conv_when_unpooled = True
+        return self
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        for name, layer in self.named_children():
+            if not pre_logits or (name != 'fc' and name != 'act'):
+                x = layer(x)
+        return x
+
+    def reset(self, num_classes: int, pool_layer: PoolArg = None, *, inplanes: Optional[int] = None,
+              keep_hidden: bool = True, reference: Optional[torch.Tensor] = None) -> None:
+        """Rebuild for ``num_classes`` (0: no output layer) in place.
+
+        ``pool_layer=None`` keeps the current pool (``''`` removes it); ``inplanes`` changes the input width
+        (a pruned trunk), which drops the hidden layer, as does ``keep_hidden=False``. A kept hidden layer
+        keeps its weights and ``requires_grad`` (as a Linear or a 1x1 conv, as the new pool needs); a pool
+        that changes the pooled width it takes raises ``HeadResetError``. New layers match the head's
+        parameters' device and dtype (else ``reference``'s) and its train/eval mode.
+        """
+        check_positive_int(num_classes, 'num_classes', allow_zero=True)
+        changes = dict(nclasses=num_classes)
+        if pool_layer is not None:
+            changes['pool_layer'] = pool_layer
+        if inplanes is not None and inplanes != self.spec.inplanes:
+            changes['inplanes'] = inplanes
+            keep_hidden = False
+        if not keep_hidden:
+            changes.update(hidden_planes=None)
+        reference = next(self.parameters(), reference)
+        if reference is not None:
+            with torch.device(reference.device):
+                new = self.spec.replace(**changes).build()
+            new.to(dtype=reference.dtype)
+        else:
+            new = self.spec.replace(**changes).build()
+        if 'hidden' in self._modules and 'hidden' in new._modules:
+            new.hidden = _carry_hidden(self.hidden, new.hidden)
+        new.train(self.training)
+        self._modules.clear()
+        self._modules.update(new._modules)
+        self.spec, self.hidden_size = new.spec, new.hidden_size
+
+
+def _carry_hidden(old: nn.Module, new: nn.Module) -> nn.Module:
+    """The trained hidden layer in a rebuilt head, as a Linear or a 1x1 conv as the new head needs."""
+    old_in, new_in = old.weight.shape[1], new.weight.shape[1]
+    if old_in != new_in or old.weight.shape[0] != new.weight.shape[0]:
+        raise HeadResetError(f'the head\'s hidden layer takes {old_in} pooled features, the new pool gives '
+                             f'{new_in}: the pool can not change the pooled width of a built model')
+    if type(old) is type(new):
+        return old
+    new.weight = nn.Parameter(old.weight.detach().reshape(new.weight.shape), requires_grad=old.weight.requires_grad)
+    if old.bias is not None:
+        new.bias = nn.Parameter(old.bias.detach(), requires_grad=old.bias.requires_grad)
+    return new
 
 
 @overload
 def create_classifier(inplanes: int, nclasses: int, activation: ActivationArg = None, *,
                       use_conv: bool = False, pool_layer: PoolArg = _DEFAULT_POOL,
-                      dropout_prob: Optional[float] = None) -> nn.Sequential: ...
+                      dropout_prob: Optional[float] = None) -> 'ClassifierHead': ...
 
 
 @overload
 def create_classifier(inplanes: int, hidden_planes: int, nclasses: int,
                       activations: Tuple[ActivationArg, ActivationArg] = ('relu', None), *,
                       use_conv: Tuple[bool, bool] = (False, False), pool_layer: PoolArg = _DEFAULT_POOL,
-                      dropout_prob: Optional[float] = None) -> nn.Sequential: ...
+                      dropout_prob: Optional[float] = None) -> 'ClassifierHead': ...
 
 
-def create_classifier(inplanes: int, *args, **kwargs) -> nn.Sequential:
+def create_classifier(inplanes: int, *args, **kwargs) -> 'ClassifierHead':
     """Create a classifier head: pool → flatten → [hidden layer + activation] → dropout → output layer.
 
     Plain form ``create_classifier(inplanes, nclasses, activation=None, *, use_conv=False,
@@ -109,7 +235,7 @@ def create_classifier(inplanes: int, *args, **kwargs) -> nn.Sequential:
     A first layer with ``use_conv`` needs ``pool_layer=None`` (it works on the map); otherwise a ``ValueError``.
 
     Returns:
-        An ``nn.Sequential`` with named entries ``global_pool``, ``flatten``, ``hidden``, ``hidden_act``,
+        A ``ClassifierHead`` (an ``nn.Sequential`` that also answers ``pre_logits`` and ``reset``) with named entries ``global_pool``, ``flatten``, ``hidden``, ``hidden_act``,
         ``drop``, ``fc``, ``act`` (those that apply), so weight names never depend on dropout or pooling.
     """
     hidden_form = ('hidden_planes' in kwargs or 'activations' in kwargs
@@ -122,7 +248,7 @@ def create_classifier(inplanes: int, *args, **kwargs) -> nn.Sequential:
 
 def _create_plain_classifier(inplanes: int, nclasses: int, activation: ActivationArg = None, *,
                              use_conv: bool = False, pool_layer: PoolArg = _DEFAULT_POOL,
-                             dropout_prob: Optional[float] = None) -> nn.Sequential:
+                             dropout_prob: Optional[float] = None) -> 'ClassifierHead':
     check_bool(use_conv, 'use_conv')
     return _build(inplanes, None, nclasses, (activation,), (use_conv,), pool_layer, dropout_prob)
 
@@ -130,7 +256,7 @@ def _create_plain_classifier(inplanes: int, nclasses: int, activation: Activatio
 def _create_hidden_classifier(inplanes: int, hidden_planes: int, nclasses: int,
                               activations: Sequence[ActivationArg] = ('relu', None), *,
                               use_conv: Sequence[bool] = (False, False), pool_layer: PoolArg = _DEFAULT_POOL,
-                              dropout_prob: Optional[float] = None) -> nn.Sequential:
+                              dropout_prob: Optional[float] = None) -> 'ClassifierHead':
     check_positive_int(hidden_planes, 'hidden_planes')
     if not isinstance(activations, (tuple, list)) or len(activations) != 2:
         raise ValueError(f'activations must be a pair (hidden, output), got {activations!r}')
@@ -141,4 +267,4 @@ def _create_hidden_classifier(inplanes: int, hidden_planes: int, nclasses: int,
     return _build(inplanes, hidden_planes, nclasses, tuple(activations), tuple(use_conv), pool_layer, dropout_prob)
 
 
-__all__ = ['create_classifier']
+__all__ = ['create_classifier', 'ClassifierHead', 'HeadResetError']

@@ -1,9 +1,12 @@
-"""Shared pieces of the model families: strict checkpoint remapping from timm's names onto ours."""
+"""Shared pieces of the model families: building through timm's factory, strict checkpoint remapping from
+timm's names onto ours, and pretrained configs taken from timm's."""
 from collections.abc import Mapping
 from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
+
+from timm.models import build_model_with_cfg
 
 from ..state_dict import CheckpointMismatchError, check_state_dict
 
@@ -97,20 +100,10 @@ def timm_pretrained_cfg(timm_name: str, **overrides) -> Dict:
     return out
 
 
-def pre_logits_depth(head: nn.Sequential) -> int:
-    """How many entries of a ``create_classifier`` head come before its last layer ``fc``."""
-    names = list(head._modules)
-    return names.index('fc') if 'fc' in names else len(names)
-
-
-def rebuild_head(old: nn.Module, new: nn.Module, reference: torch.Tensor) -> nn.Module:
-    """Finish a replacement head: keep the old hidden layer (weights, requires_grad) where its shapes
-    still fit, and match the model's device, dtype and train/eval mode. New layers are trainable."""
-    new = new.to(device=reference.device, dtype=reference.dtype)
-    old_hidden, new_hidden = getattr(old, 'hidden', None), getattr(new, 'hidden', None)
-    if old_hidden is not None and new_hidden is not None:
-        old_params, new_params = dict(old_hidden.named_parameters()), dict(new_hidden.named_parameters())
-        if {k: v.shape for k, v in old_params.items()} == {k: v.shape for k, v in new_params.items()}:
-            new.hidden = old_hidden
-    new.train(old.training)
-    return new
+def build_family_model(model_fn: Callable[..., nn.Module], variant: str, pretrained: bool,
+                       checkpoint_filter_fn: Callable, *, feature_cfg: Optional[Dict] = None,
+                       **kwargs) -> nn.Module:
+    """``timm.models.build_model_with_cfg`` as every family here uses it: weights through the family's strict
+    ``checkpoint_filter_fn``, and ``features_only`` through ``forward_intermediates`` (timm's getter)."""
+    return build_model_with_cfg(model_fn, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(feature_cls='getter', **(feature_cfg or {})), **kwargs)

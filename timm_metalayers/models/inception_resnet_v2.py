@@ -11,13 +11,13 @@ from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import basic_conv_bn, linear_scheduler
-from ._helpers import timm_pretrained_cfg
+from ._base import device_context
+from ._helpers import build_family_model, remap_checkpoint
 from ._inception import (
-    MIN_INPUT_SIZE, InceptionNet, Parallel, ScaledResidual, device_context, inception_conv,
-    inception_renamer, remap_inception_checkpoint)
+    InceptionNet, Parallel, ScaledResidual, inception_cfg, inception_conv, inception_renamer)
 
 __all__ = ['InceptionResNetV2', 'inception_resnet_v2_stages']
 
@@ -141,31 +141,17 @@ class InceptionResNetV2(InceptionNet):
                 in_chans, drop_path_rate=drop_path_rate, act_layer=act_layer, norm_layer=norm_layer)
             self._init_inception(stages, STAGE_CHS, num_classes=num_classes, in_chans=in_chans,
                                  global_pool=global_pool, drop_rate=drop_rate)
-        if dtype is not None:
-            self.to(dtype=dtype)
+        self.finish_init(dtype)
 
 
 def _create_inception_resnet_v2(variant: str, pretrained: bool = False, **kwargs) -> InceptionResNetV2:
-    return build_model_with_cfg(
-        InceptionResNetV2, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True),
-        **kwargs,
-    )
+    return build_family_model(InceptionResNetV2, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
-
-def _cfg(timm_name: str) -> Dict:
-    """timm's pretrained config of ``timm_name`` (299 input, Inception mean/std, crop, licence, ...), with
-    ``hf_hub_id`` at ``timm/<timm_name>``'s ``model.safetensors`` and our first conv / classifier names."""
-    # min_input_size is not in timm's cfg: unpadded convs leave a 1x1 stride-32 map below 107x107
-    # (see _inception.MIN_INPUT_SIZE)
-    return timm_pretrained_cfg(timm_name, first_conv='stages.0.0.0', classifier='head.fc',
-                               min_input_size=MIN_INPUT_SIZE)
 
 
 default_cfgs = generate_default_cfgs({
     # TensorFlow-slim weights, ported by timm
-    'metalayers_inception_resnet_v2.tf_in1k': _cfg('inception_resnet_v2.tf_in1k'),
+    'metalayers_inception_resnet_v2.tf_in1k': inception_cfg('inception_resnet_v2.tf_in1k'),
 })
 
 
@@ -194,7 +180,7 @@ _timm_to_ours = inception_renamer(_timm_blocks())
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: InceptionResNetV2) -> Dict[str, torch.Tensor]:
     """Map a timm Inception-ResNet-v2 checkpoint onto this model, strictly (every key, every shape);
     ours loads unchanged."""
-    return remap_inception_checkpoint(state_dict, model, _timm_to_ours)
+    return remap_checkpoint(state_dict, model, _timm_to_ours)
 
 
 @register_model

@@ -13,13 +13,13 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint, generate_default_cfgs, register_model
 
 from ..layers import create_classifier
-from ._helpers import timm_pretrained_cfg
+from ._base import device_context
+from ._helpers import build_family_model, remap_checkpoint
 from ._inception import (
-    MIN_INPUT_SIZE, InceptionNet, Parallel, device_context, inception_conv,
-    inception_renamer, remap_inception_checkpoint)
+    InceptionNet, Parallel, inception_cfg, inception_conv, inception_renamer)
 
 __all__ = ['InceptionV3', 'inception_v3_stages']
 
@@ -132,11 +132,11 @@ class InceptionV3(InceptionNet):
             self.aux_logits = bool(aux_logits)
             self.aux_stage = AUX_STAGE
             self.aux_head = inception_v3_aux(STAGE_CHS[AUX_STAGE], num_classes, conv) if aux_logits else None
-            self._init_weights()
-        if dtype is not None:
-            self.to(dtype=dtype)
+            self.init_weights()
+        self.finish_init(dtype)
 
-    def _init_weights(self):
+    @torch.jit.ignore
+    def init_weights(self) -> None:
         # as torchvision / timm: truncated normal, std 0.1 (0.01 and 0.001 in the auxiliary classifier)
         for name, m in self.named_modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -161,7 +161,7 @@ class InceptionV3(InceptionNet):
             prune_head: bool = True,
     ) -> List[int]:
         take_indices = super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
-        if len(self.stages) < self.num_feature_levels or prune_head:
+        if len(self.stages) < len(self.feature_info) or prune_head:
             self.aux_head = None  # the auxiliary classifier goes with the head
             self.aux_logits = False
         return take_indices
@@ -171,7 +171,7 @@ class InceptionV3(InceptionNet):
         aux = x
         for i, stage in enumerate(self.stages):
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
+                x = checkpoint(stage, x)
             else:
                 x = stage(x)
             if i == self.aux_stage and self.aux_head is not None:
@@ -188,30 +188,17 @@ class InceptionV3(InceptionNet):
 def _create_inception_v3(variant: str, pretrained: bool = False, **kwargs) -> InceptionV3:
     if kwargs.get('features_only') and kwargs.get('aux_logits'):
         raise ValueError('features_only=True does not go with aux_logits=True')
-    return build_model_with_cfg(
-        InceptionV3, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True),
-        **kwargs,
-    )
+    return build_family_model(InceptionV3, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
-
-def _cfg(timm_name: str) -> Dict:
-    """timm's pretrained config of ``timm_name`` (299 input, Inception mean/std, crop, licence, ...), with
-    ``hf_hub_id`` at ``timm/<timm_name>``'s ``model.safetensors`` and our first conv / classifier names."""
-    # min_input_size is not in timm's cfg: unpadded convs leave a 1x1 stride-32 map below 107x107
-    # (see _inception.MIN_INPUT_SIZE)
-    return timm_pretrained_cfg(timm_name, first_conv='stages.0.0.0', classifier='head.fc',
-                               min_input_size=MIN_INPUT_SIZE)
 
 
 default_cfgs = generate_default_cfgs({
     # torchvision's weights (with the auxiliary classifier)
-    'metalayers_inception_v3.tv_in1k': _cfg('inception_v3.tv_in1k'),
+    'metalayers_inception_v3.tv_in1k': inception_cfg('inception_v3.tv_in1k'),
     # TensorFlow-slim weights, ported by timm
-    'metalayers_inception_v3.tf_in1k': _cfg('inception_v3.tf_in1k'),
+    'metalayers_inception_v3.tf_in1k': inception_cfg('inception_v3.tf_in1k'),
     # Gluon weights
-    'metalayers_inception_v3.gluon_in1k': _cfg('inception_v3.gluon_in1k'),
+    'metalayers_inception_v3.gluon_in1k': inception_cfg('inception_v3.gluon_in1k'),
 })
 
 
@@ -273,7 +260,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: InceptionV3
     def keep_own_aux_classifier(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return target if key.startswith('aux_head.fc.') else value
 
-    return remap_inception_checkpoint(state_dict, model, rename, reshape=keep_own_aux_classifier)
+    return remap_checkpoint(state_dict, model, rename, reshape=keep_own_aux_classifier)
 
 
 @register_model

@@ -7,7 +7,6 @@ As Metalhead.jl's ``mobilenetv3``, the network is read from a table of inverted-
 multiplier; the registered models are timm's ``mobilenetv3_large_100`` / ``mobilenetv3_small_{100,075,050}``
 architectures and load timm's Hub weights through ``checkpoint_filter_fn``.
 """
-import contextlib
 import math
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -16,17 +15,16 @@ import torch
 from torch import nn
 
 from timm.layers import make_divisible
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import conv_norm, create_classifier, linear_scheduler, mbconv
 from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_probability
 from ..layers.mbconv import MBConv
-from ..layers.pool import create_pool, pool_feat_mult
-from ._helpers import conv_to_linear, remap_checkpoint, timm_pretrained_cfg
+from ..layers.pool import create_pool
+from ._base import TimmModel, device_context
+from ._helpers import build_family_model, conv_to_linear, remap_checkpoint, timm_pretrained_cfg
 
-__all__ = ['MobileNetV3', 'mobilenetv3', 'MOBILENETV3_CONFIGS', 'checkpoint_filter_fn', 'HeadResetError']
+__all__ = ['MobileNetV3', 'mobilenetv3', 'MOBILENETV3_CONFIGS', 'checkpoint_filter_fn']
 
 Row = Tuple[int, int, float, int, int, Optional[float], str]
 
@@ -61,14 +59,7 @@ MOBILENETV3_CONFIGS: Dict[str, Tuple[int, List[Row]]] = {
 _NETWORK_ACT = 'hard_swish'
 
 
-class HeadResetError(AssertionError, ValueError):
-    """``reset_classifier`` asked for a pool whose width does not fit the trained hidden layer.
-
-    An ``AssertionError`` (what timm's models raise for this) and a ``ValueError``.
-    """
-
-
-class MobileNetV3(nn.Module):
+class MobileNetV3(TimmModel):
     """MobileNetV3 with timm's model API. Build it with ``mobilenetv3(...)`` or ``timm.create_model``.
 
     ``stem`` (3x3 stride-2 ``conv_norm``) → ``stages`` (``mbconv`` blocks, then a 1x1 ``conv_norm`` to the
@@ -76,15 +67,16 @@ class MobileNetV3(nn.Module):
     ``hidden`` Linear → hard-swish → dropout → ``fc``). Without pooling (``global_pool=''``) the head's layers
     are 1x1 convs with the same weights, so the model returns an NCHW map.
     """
+    block_pattern = r'^stages\.(\d+)\.(\d+)'
+    block_pattern_coarse = r'^stages\.(\d+)'
 
     def __init__(
             self,
             stem: nn.Sequential,
             stages: nn.Sequential,
             feature_info: List[Dict[str, Any]],
-            stage_channels: List[int],
             *,
-            hidden_planes: Optional[int],
+            hidden_planes: int,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: Union[str, nn.Module, None] = 'avg',
@@ -92,192 +84,25 @@ class MobileNetV3(nn.Module):
             head_act_layer: ActivationArg = _NETWORK_ACT,
     ):
         super().__init__()
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
         self.stem = stem
         self.stages = stages
-        self.feature_info = feature_info
-        self.stage_ends = [f['stage'] for f in feature_info]
-        self._stage_channels = list(stage_channels)  # output width of the stem and of every stage
-        self.num_features = self._stage_channels[-1]
-        self.hidden_planes = hidden_planes
-        self.head_act_layer = head_act_layer
-        self.head_hidden_size = 0
-        self._num_pre_logits = 0
-        self.head = self._create_head(num_classes, global_pool)
-
-    def _create_head(self, num_classes: int, global_pool: Union[str, nn.Module, None]) -> nn.Sequential:
-        pool = create_pool(global_pool, argname='global_pool')
-        spatial = pool is None  # no pool: the head works on the map, its layers are 1x1 convs
-        dropout_prob = self.drop_rate or None
-        if self.hidden_planes:
-            head = create_classifier(self.num_features, self.hidden_planes, num_classes, (self.head_act_layer, None),
-                                     use_conv=(spatial, spatial), pool_layer=pool, dropout_prob=dropout_prob)
-            self.head_hidden_size = self.hidden_planes
-        else:  # the hidden layer was pruned away
-            head = create_classifier(self.num_features, num_classes, use_conv=spatial, pool_layer=pool,
-                                     dropout_prob=dropout_prob)
-            self.head_hidden_size = self.num_features * pool_feat_mult(pool)
-        names = list(head._modules)
-        assert names[-1] == 'fc', f'classifier layout {names} does not end with fc'
-        self._num_pre_logits = len(names) - 1
-        return head
+        num_features = feature_info[-1]['num_chs']
+        unpooled = create_pool(global_pool, argname='global_pool') is None
+        self.head = create_classifier(num_features, hidden_planes, num_classes, (head_act_layer, None),
+                                      use_conv=(unpooled, unpooled), pool_layer=global_pool,
+                                      dropout_prob=drop_rate or None).convs_when_unpooled()
+        self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                            num_features=num_features, feature_info=feature_info)
+        self.init_weights()
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.(\d+)')
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the output layer by one for ``num_classes`` (0: none), keeping the trained hidden layer.
-
-        ``global_pool=None`` keeps the current pool; ``''`` removes it, after which the hidden layer is
-        applied as a 1x1 conv with the same weights and the model returns an NCHW map. A pool that changes
-        the pooled width (``catavgmax`` after ``avg``) cannot reuse the hidden layer: ``HeadResetError``.
-        """
-        check_positive_int(num_classes, 'num_classes', allow_zero=True)
-        if global_pool is None:
-            global_pool = self.head.global_pool if 'global_pool' in self.head._modules else ''
-        old_head = self.head
-        param = next(self.parameters(), None)
-        device = param.device if param is not None else None
-        dtype = param.dtype if param is not None else None
-        with torch.device(device) if device is not None else contextlib.nullcontext():
-            head = self._create_head(num_classes, global_pool)
-        if dtype is not None:
-            head.to(dtype=dtype)
-        if 'hidden' in old_head._modules and 'hidden' in head._modules:
-            head.hidden = _carry_hidden(old_head.hidden, head.hidden)
-        head.train(self.training)
-        self.head = head
-        self.num_classes = num_classes
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-            extra_blocks: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features and return the intermediates at ``feature_info`` (timm >= 1.0 API).
-
-        Args:
-            x: input images.
-            indices: take the last n features if an int, all if None, these if a sequence.
-            norm: no effect (the network has no final norm).
-            stop_early: stop after the last wanted feature (needs ``intermediates_only``).
-            output_fmt: ``'NCHW'`` only.
-            intermediates_only: return only the intermediates.
-            extra_blocks: index the stem and every stage instead of the ``feature_info`` entries.
-        """
-        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        if stop_early:
-            assert intermediates_only, 'Must use intermediates_only for early stopping.'
-        intermediates = []
-        if extra_blocks:
-            take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        else:
-            take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
-            take_indices = [self.stage_ends[i] for i in take_indices]
-            max_index = self.stage_ends[max_index]
-
-        x = self.stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index]
-        for feat_idx, stage in enumerate(stages, start=1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-            extra_blocks: bool = False,
-    ) -> List[int]:
-        """Remove the stages after the last wanted feature, and the head if ``prune_head`` or stages were cut.
-
-        A pruned head is no pool, no hidden layer, no classifier: ``forward`` returns the features; use
-        ``reset_classifier`` to add a pool and classifier on them. Returns the kept indices.
-        """
-        if extra_blocks:
-            take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        else:
-            take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
-            max_index = self.stage_ends[max_index]
-        num_chs = self._stage_channels[max_index]
-        prune_end = max_index < len(self.stages)
-        self.stages = self.stages[:max_index]  # index 0 is the stem
-        if prune_end:
-            self.num_features = num_chs
-        if prune_end or prune_head:
-            self.hidden_planes = None  # the hidden layer belongs to the head and is sized for the final stage
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            # one checkpoint per stage: splitting the final conv_norm stage would put its in-place
-            # activation in a checkpoint of its own, which modifies the saved output of the norm
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        # every head module but the last (fc) is "pre-logits": pool, flatten, hidden, its activation, dropout
-        for i, module in enumerate(self.head):
-            if i < self._num_pre_logits or not pre_logits:
-                x = module(x)
-        return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
-        return x
-
-
-def _carry_hidden(old: nn.Module, new: nn.Module) -> nn.Module:
-    """Keep the trained hidden layer in a rebuilt head, as a Linear or a 1x1 conv as the new head needs."""
-    old_in, new_in = old.weight.shape[1], new.weight.shape[1]
-    if old_in != new_in or old.weight.shape[0] != new.weight.shape[0]:
-        raise HeadResetError(f'the head\'s hidden layer takes {old_in} pooled features, the new pool gives '
-                             f'{new_in}: the pool can not change the pooled width of a built model')
-    if type(old) is type(new):
-        return old
-    new.weight = nn.Parameter(old.weight.detach().reshape(new.weight.shape), requires_grad=old.weight.requires_grad)
-    if old.bias is not None:
-        new.bias = nn.Parameter(old.bias.detach(), requires_grad=old.bias.requires_grad)
-    return new
+    def init_weights(self) -> None:
+        """Kaiming-normal convs (fan out) with zero biases, as timm's MobileNetV3."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
 
 def _check_row(row: Sequence, i: int) -> Row:
@@ -382,8 +207,7 @@ def mobilenetv3(
     residual = [spec[4] == 1 and spec[1] == spec[3] for stage in stage_specs for spec in stage]
     schedule = iter(linear_scheduler(drop_path_rate, depth=sum(residual)))
 
-    factory = torch.device(device) if device is not None else contextlib.nullcontext()
-    with factory:
+    with device_context(device):
         stem = nn.Sequential(*conv_norm(3, in_chans, stem_out, act_layer, norm_layer=norm_layer, stride=2, pad=1))
         stages = []
         for stage in stage_specs:
@@ -396,30 +220,20 @@ def mobilenetv3(
         stages.append(nn.Sequential(*conv_norm(1, inplanes, final_planes, act_layer, norm_layer=norm_layer)))
         stages = nn.Sequential(*stages)
 
-        # features: the last module of each resolution (stem = index 0, stages from 1), as timm's stage ends
+        # features: the last module of each resolution (the stem, then the stages), as timm's stage ends
         stage_channels = [stem_out] + [stage[-1][3] for stage in stage_specs] + [final_planes]
         strides = [2] + [max(spec[4] for spec in stage) for stage in stage_specs] + [1]
         reductions = [math.prod(strides[:i + 1]) for i in range(len(strides))]
-        modules = [f'stem.{len(stem) - 1}'] + [f'stages.{i}' for i in range(len(stages))]
-        feature_info = [dict(num_chs=chs, reduction=red, module=module, stage=i)
+        modules = ['stem'] + [f'stages.{i}' for i in range(len(stages))]
+        feature_info = [dict(num_chs=chs, reduction=red, module=module)
                         for i, (chs, red, module) in enumerate(zip(stage_channels, reductions, modules))
                         if i == len(modules) - 1 or reductions[i + 1] != red]
 
-        model = MobileNetV3(stem, stages, feature_info, stage_channels, hidden_planes=hidden_planes,
+        model = MobileNetV3(stem, stages, feature_info, hidden_planes=hidden_planes,
                             num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
                             drop_rate=drop_rate, head_act_layer=act_layer)
-        _init_weights(model)
-    if dtype is not None:
-        model.to(dtype=dtype)
+    model.finish_init(dtype)
     return model
-
-
-def _init_weights(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -481,16 +295,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MobileNetV3
 
 def _create_mobilenetv3(variant: str, config_table: str, width_mult: float, pretrained: bool = False,
                         **kwargs) -> MobileNetV3:
-    return build_model_with_cfg(
-        mobilenetv3,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True),
-        config_table=config_table,
-        width_mult=width_mult,
-        **kwargs,
-    )
+    return build_family_model(mobilenetv3, variant, pretrained, checkpoint_filter_fn,
+                              config_table=config_table, width_mult=width_mult, **kwargs)
 
 
 def _cfg(timm_name: str) -> Dict[str, Any]:

@@ -5,20 +5,17 @@ assembles a stem, four stages of ``basicblock`` / ``bottleneck`` residual blocks
 and a head from ``create_classifier``. Stochastic depth and DropBlock rates come from ``linear_scheduler``.
 The registered models at the bottom are a few lines each and load timm's ImageNet weights from the Hub.
 """
-import functools
 import re
-from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from timm.layers import make_divisible
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import DropBlock, StochasticDepth, conv_norm, create_classifier, linear_scheduler, squeeze_excite
 from ..layers._factory import check_bool, check_positive_int, check_probability, create_activation, resolve_norm_layer
-from ._helpers import pre_logits_depth, rebuild_head, remap_checkpoint, timm_pretrained_cfg
+from ._base import TimmModel, device_context
+from ._helpers import build_family_model, remap_checkpoint, timm_pretrained_cfg
 
 __all__ = ['ResNet', 'ResidualBlock', 'resnet', 'basicblock', 'bottleneck']
 
@@ -183,12 +180,14 @@ def make_stem(stem_type: str, in_chans: int, inplanes: int, stem_width: int, act
             *conv_norm(3, stem_width, inplanes, act_layer, pad=1, **kw)]
 
 
-class ResNet(nn.Module):
+class ResNet(TimmModel):
     """A ResNet assembled by ``resnet(...)``, with timm's model API.
 
     Modules: ``stem`` (a ``conv_norm`` chain, stride 2), ``stem_pool``, ``layer1``..``layer4``
     (``ResidualBlock`` sequences) and ``head`` (a ``create_classifier`` head).
     """
+    block_pattern = r'^layer(\d+)\.(\d+)'
+    block_pattern_coarse = r'^layer(\d+)'
 
     def __init__(
             self,
@@ -241,11 +240,7 @@ class ResNet(nn.Module):
         norm_layer = resolve_norm_layer(norm_layer)
         attn = _resolve_attn(attn_layer)
 
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
-        with torch.device(device) if device is not None else nullcontext():
+        with device_context(device):
             self.stem = nn.Sequential(*make_stem(stem_type, in_chans, inplanes, stem_width, act_layer, norm_layer,
                                                  revnorm))
             if stem_pool == 'conv':
@@ -253,7 +248,7 @@ class ResNet(nn.Module):
                                                           norm_layer=norm_layer, revnorm=revnorm))
             else:
                 self.stem_pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-            self.feature_info = [dict(num_chs=inplanes, reduction=2, module='stem')]
+            feature_info = [dict(num_chs=inplanes, reduction=2, module='stem')]
 
             # One schedule over all blocks of the network, as Metalhead's resnet does.
             depth = sum(layers)
@@ -283,26 +278,15 @@ class ResNet(nn.Module):
                     channels = outplanes
                     block_idx += 1
                 self.add_module(stage_name, nn.Sequential(*blocks))
-                self.feature_info.append(dict(num_chs=channels, reduction=reduction, module=stage_name))
+                feature_info.append(dict(num_chs=channels, reduction=reduction, module=stage_name))
 
-            self.num_features = channels
-            self.head_hidden_size = head_hidden_size or channels
-            self._head_hidden = head_hidden_size
-            self.head = self._make_head(num_classes, global_pool)
+            hidden = (head_hidden_size,) if head_hidden_size else ()
+            self.head = create_classifier(channels, *hidden, num_classes, pool_layer=global_pool,
+                                          dropout_prob=drop_rate or None)
+            self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                                num_features=channels, feature_info=feature_info)
             self.init_weights(zero_init_last=zero_init_last)
-        if dtype is not None:
-            self.to(dtype=dtype)
-
-    def _make_head(self, num_classes: int, global_pool: Union[str, nn.Module]) -> nn.Sequential:
-        self.global_pool = global_pool if isinstance(global_pool, str) else type(global_pool).__name__
-        if self._head_hidden:
-            head = create_classifier(self.num_features, self._head_hidden, num_classes, pool_layer=global_pool,
-                                     dropout_prob=self.drop_rate or None)
-        else:
-            head = create_classifier(self.num_features, num_classes, pool_layer=global_pool,
-                                     dropout_prob=self.drop_rate or None)
-        self._pre_logits_depth = pre_logits_depth(head)
-        return head
+        self.finish_init(dtype)
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:
@@ -317,106 +301,6 @@ class ResNet(nn.Module):
             for module in self.modules():
                 if isinstance(module, ResidualBlock):
                     module.zero_init_last()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(stem=r'^stem', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[Union[str, nn.Module]] = None) -> None:
-        """Replace the classifier for ``num_classes`` (0 removes it); ``global_pool=None`` keeps the pool."""
-        check_positive_int(num_classes, 'num_classes', allow_zero=True)
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = getattr(self.head, 'global_pool', '')
-        reference = next(self.parameters())
-        self.head = rebuild_head(self.head, self._make_head(num_classes, global_pool), reference)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features, also returning the outputs of the stem and stages picked by ``indices``
-        (last n for an int, all for None). ``norm`` is accepted for timm's API; ResNet has no final norm."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f'output_fmt must be "NCHW" for ResNet, got {output_fmt!r}')
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(STAGE_NAMES) + 1, indices)
-        x = self.stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        x = self.stem_pool(x)
-        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
-        if stop_early:
-            stages = stages[:max_index]
-        for feat_idx, stage in enumerate(stages, start=1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages after the last index in ``indices`` (and the head) so features end there."""
-        take_indices, max_index = feature_take_indices(len(STAGE_NAMES) + 1, indices)
-        for name in STAGE_NAMES[max_index:]:
-            setattr(self, name, nn.Sequential())
-        if max_index == 0:
-            self.stem_pool = nn.Identity()
-        prune_end = max_index < len(STAGE_NAMES)
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-            self._head_hidden = None
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem_pool(self.stem(x))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
-        else:
-            x = self.layer1(x)
-            x = self.layer2(x)
-            x = self.layer3(x)
-            x = self.layer4(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if pre_logits:
-            for i, module in enumerate(self.head):
-                if i < self._pre_logits_depth:
-                    x = module(x)
-            return x
-        return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def resnet(block: Union[str, Callable[..., ResidualBlock]], layers: Sequence[int], **options) -> ResNet:
@@ -470,7 +354,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ResNet) -> 
 
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
-    return build_model_with_cfg(ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_family_model(ResNet, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(timm_name: str, **kwargs) -> Dict[str, Any]:

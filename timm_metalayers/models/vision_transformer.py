@@ -6,56 +6,28 @@ branches, ``x + StochasticDepth(LayerScale(prenorm(dim, body)(x)))``, with ``Mul
 ``mlp_block`` as the body. The registered ``metalayers_vit_*`` models load timm's ViT weights from the Hub
 through ``checkpoint_filter_fn``.
 """
-import os
 import re
-from contextlib import nullcontext
 from functools import partial
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import nn
 from timm.layers import resample_abs_pos_embed, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import (ClassTokens, LayerNormV2, LayerScale, MultiHeadSelfAttention, PatchEmbedding, StochasticDepth,
                       ViPosEmbedding, create_classifier, linear_scheduler, mlp_block, prenorm)
 from ..layers._factory import (ActivationArg, NormArg, check_bool, check_positive_int, check_probability, create_norm,
                                resolve_norm_layer)
-from .._timm_tests import hub_tests_off, skip_timm_test
-from ._helpers import CheckpointMismatchError, pre_logits_depth, remap_checkpoint, timm_pretrained_cfg
+from ..state_dict import CheckpointMismatchError
+from ._base import TimmModel, device_context
+from ._helpers import build_family_model, remap_checkpoint, timm_pretrained_cfg
 
-try:  # timm >= 1.0.20 records resizes / head changes for checkpoint reconstruction
-    from timm.models._input import update_model_args, update_model_input_size
-except ImportError:  # pragma: no cover - older timm
-    def update_model_args(model: nn.Module, **model_args: Any) -> None:
-        pass
-
-    def update_model_input_size(model: nn.Module, img_size: Any, **model_args: Any) -> None:
-        pass
+from timm.models._input import update_model_args, update_model_input_size
 
 __all__ = ['VisionTransformer', 'EncoderBlock', 'transformer_encoder', 'vit', 'checkpoint_filter_fn']
 
 GLOBAL_POOLS = ('token', 'avg', 'max', 'avgmax', '')
-
-# timm's own model tests (``pytest -p timm_metalayers``) that cannot apply to a ViT; the README says why.
-skip_timm_test(
-    'test_model_default_cfgs', 'metalayers_vit_*',
-    'a ViT\'s forward_features returns tokens (N, 1 + H*W, C) with the class token first, not a spatial map: '
-    'there is no pool_size and global_pool="" cannot give a 4-D output. timm runs its own ViTs through '
-    'test_model_default_cfgs_non_std instead (its "vit_*" filter misses the metalayers_ prefix); '
-    'tests/test_vit.py runs those checks on these models.')
-skip_timm_test('test_model_*_pretrained', 'metalayers_vit_*',
-               'downloads the real weights from the Hub and tests never reach the network '
-               '(TIMM_METALAYERS_HUB_TESTS=1 runs it)', when=hub_tests_off)
-skip_timm_test(
-    'test_prune_intermediate_layers_contract', 'metalayers_vit_large_patch16_224',
-    'ViT-L at its fixed 224 input: 24 taps, each with deep copies, forwards and a backward of the 300M-parameter '
-    'model, take 6-11 CPU-minutes on a 2-core CPU, over the test\'s 360 s timeout (timm keeps this unmarked test '
-    'out of its own CI). '
-    'The other metalayers_vit models run it; set TIMM_METALAYERS_SLOW_TESTS=1 to run it here too.',
-    when=lambda: os.environ.get('TIMM_METALAYERS_SLOW_TESTS', '') != '1')
-
 
 class EncoderBlock(nn.Module):
     """A transformer encoder block: attention and MLP as pre-norm residual branches.
@@ -107,7 +79,7 @@ def _check_global_pool(global_pool: object, class_token: bool) -> str:
     return global_pool
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TimmModel):
     """Vision Transformer with timm's model API (see the module docstring for the structure).
 
     Args:
@@ -140,6 +112,11 @@ class VisionTransformer(nn.Module):
     """
     dynamic_img_size: torch.jit.Final[bool]
     norm_after_pool: torch.jit.Final[bool]
+    output_fmts = ('NCHW', 'NLC')
+    final_norm = 'norm'
+    stem_pattern = r'^cls_token|^pos_embed|^patch_embed'
+    block_pattern = [(r'^blocks\.(\d+)', None), (r'^norm', (99999,))]
+    no_decay = ('pos_embed.weight', 'cls_token.token')
 
     def __init__(
             self,
@@ -176,19 +153,18 @@ class VisionTransformer(nn.Module):
             raise TypeError(f'fc_norm must be True, False or None, got {fc_norm!r}')
         if weight_init not in ('', 'skip'):
             raise ValueError(f"weight_init must be '' or 'skip', got {weight_init!r}")
-        self.num_classes = check_positive_int(num_classes, 'num_classes', allow_zero=True)
-        self.in_chans = check_positive_int(in_chans, 'in_chans')
-        self.num_features = self.head_hidden_size = self.embed_dim = check_positive_int(embed_dim, 'embed_dim')
-        self.drop_rate = check_probability(drop_rate, 'drop_rate', allow_none=False)
+        check_positive_int(num_classes, 'num_classes', allow_zero=True)
+        check_positive_int(in_chans, 'in_chans')
+        self.embed_dim = check_positive_int(embed_dim, 'embed_dim')
+        drop_rate = check_probability(drop_rate, 'drop_rate', allow_none=False)
         self.num_prefix_tokens = 1 if class_token else 0
         self.has_class_token = class_token
         self.dynamic_img_size = bool(dynamic_img_size)
         self.norm_after_pool = global_pool not in ('token', '') if fc_norm is None else fc_norm
-        self.grad_checkpointing = False
 
         dd = dict(device=device, dtype=dtype)
         norm_factory = resolve_norm_layer(norm_layer) or partial(LayerNormV2, eps=1e-6, **dd)
-        with torch.device(device) if device is not None else nullcontext():
+        with device_context(device):
             self.patch_embed = PatchEmbedding(img_size, patch_size, in_chans, embed_dim, dynamic_img_size=dynamic_img_size,
                                               dynamic_img_pad=dynamic_img_pad, **dd)
             num_patches = self.patch_embed.num_patches
@@ -202,18 +178,14 @@ class VisionTransformer(nn.Module):
                 init_values=init_values, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                 act_layer='gelu' if act_layer is None else act_layer, norm_layer=norm_factory, **dd)
             self.norm = create_norm(norm_factory, embed_dim)
-            self.head = self._make_head(num_classes)
-        if dtype is not None:
-            self.to(dtype=dtype)  # layers built by user factories may not take a dtype
+            self.head = create_classifier(embed_dim, num_classes, pool_layer=None, dropout_prob=drop_rate or None)
         reduction = self.patch_embed.feat_ratio()
-        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, num_features=embed_dim,
+                            feature_info=feature_info)
         if weight_init != 'skip':
             self.init_weights()
-
-    def _make_head(self, num_classes: int) -> nn.Sequential:
-        head = create_classifier(self.embed_dim, num_classes, pool_layer=None, dropout_prob=self.drop_rate or None)
-        self._pre_logits_depth = pre_logits_depth(head)  # the entries before ``fc`` (the dropout)
-        return head
+        self.finish_init(dtype)  # layers built by user factories may not take a dtype
 
     @torch.jit.ignore
     def init_weights(self) -> None:
@@ -228,37 +200,12 @@ class VisionTransformer(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        return {'pos_embed.weight', 'cls_token.token'}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^cls_token|^pos_embed|^patch_embed',
-            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new head for ``num_classes`` (0: none); ``global_pool`` changes the pooling, None keeps it."""
-        self.num_classes = check_positive_int(num_classes, 'num_classes', allow_zero=True)
         if global_pool is not None:
             self.global_pool = _check_global_pool(global_pool, self.has_class_token)
             update_model_args(self, fc_norm=self.norm_after_pool)
-        param = next(self.parameters(), None)
-        with torch.device(param.device) if param is not None else nullcontext():
-            head = self._make_head(num_classes)
-        if param is not None:
-            head = head.to(dtype=param.dtype)
-        self.head = head.train(self.training)
+        super().reset_classifier(num_classes)
 
     @torch.jit.ignore
     def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
@@ -277,14 +224,17 @@ class VisionTransformer(nn.Module):
             x = self.pos_embed(self.cls_token(self.patch_embed(x)))
         return self.pos_drop(x)
 
+    @torch.jit.ignore
+    def _steps(self):
+        steps = [('embed', self._embed)] + [(f'blocks.{i}', block) for i, block in enumerate(self.blocks)]
+        return steps if self.norm_after_pool else steps + [('norm', self.norm)]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens ``(N, prefix + patches, embed_dim)`` after the blocks (and the final norm unless it
         follows the pooling)."""
-        x = self._embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
+            return self._forward_steps(x)
+        x = self.blocks(self._embed(x))
         if not self.norm_after_pool:
             x = self.norm(x)
         return x
@@ -307,15 +257,7 @@ class VisionTransformer(nn.Module):
         x = self.pool(x)
         if self.norm_after_pool:
             x = self.norm(x)
-        if pre_logits:
-            for i, module in enumerate(self.head):
-                if i < self._pre_logits_depth:
-                    x = module(x)
-            return x
-        return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.head(x, pre_logits)
 
     def forward_intermediates(
             self,
@@ -327,58 +269,20 @@ class VisionTransformer(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Outputs of the blocks at ``indices`` (timm's API).
-
-        Args:
-            x: images.
-            indices: the last n blocks (int), the given blocks (list; negative from the end), or all (None).
-            return_prefix_tokens: return ``(patch features, prefix tokens)`` pairs.
-            norm: apply the final norm to each intermediate.
-            stop_early: stop after the last block asked for.
-            output_fmt: ``'NCHW'`` (patch tokens as a map) or ``'NLC'`` (tokens).
-            intermediates_only: return only the intermediates, not the final features too.
-        """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        """The outputs of the blocks ``indices`` selects, as ``TimmModel.forward_intermediates``, with the
+        patch tokens as a map (``'NCHW'``) or as tokens (``'NLC'``); ``return_prefix_tokens`` pairs each
+        with its class token."""
+        self._check_output_fmt(output_fmt)
         B, _, height, width = x.shape
-        x = self._embed(x)
-        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
-            blocks = self.blocks
-        else:
-            blocks = self.blocks[:max_index + 1]
-        intermediates = []
-        for i, blk in enumerate(blocks):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x)
-            else:
-                x = blk(x)
-            if i in take_indices:
-                intermediates.append(self.norm(x) if norm else x)
-
-        prefix_tokens = [y[:, 0:self.num_prefix_tokens] for y in intermediates]
-        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        x, taps = self._forward_taps(x, indices, norm, stop_early)
+        prefix_tokens = [y[:, 0:self.num_prefix_tokens] for y in taps]
+        taps = [y[:, self.num_prefix_tokens:] for y in taps]
         if output_fmt == 'NCHW':
             H, W = self.patch_embed.dynamic_feat_size((height, width))
-            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
-        if not torch.jit.is_scripting() and return_prefix_tokens and self.num_prefix_tokens:
-            intermediates = list(zip(intermediates, prefix_tokens))
-        if intermediates_only:
-            return intermediates
-        if not self.norm_after_pool:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
-        """Drop the blocks after the last of ``indices`` (and the final norm / head if asked)."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+            taps = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in taps]
+        if return_prefix_tokens and self.num_prefix_tokens:
+            taps = list(zip(taps, prefix_tokens))
+        return taps if intermediates_only else (x, taps)
 
 
 # timm's ViT names → ours. Block keys: norm1/attn → attn.0/attn.1 (prenorm), norm2/mlp → mlp.0/mlp.1.
@@ -451,12 +355,8 @@ def vit(variant: str, pretrained: bool = False, arch: Optional[Dict[str, Any]] =
     ``forward_intermediates``; ``out_indices`` defaults to the last 3 blocks)."""
     kwargs = {**(arch or {}), **kwargs}
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        VisionTransformer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_family_model(VisionTransformer, variant, pretrained, checkpoint_filter_fn,
+                              feature_cfg=dict(out_indices=out_indices), **kwargs)
 
 
 def _cfg(timm_name: str) -> Dict[str, Any]:

@@ -1,0 +1,224 @@
+"""The one implementation of timm's model API that every model family here stands on.
+
+A family builds its modules and declares its layout; ``TimmModel`` does the rest:
+
+- the **trunk** is the model's child modules in the order they were registered, except the head (and any
+  names in ``not_trunk``); ``forward_features`` runs them in that order;
+- ``feature_info`` names the modules whose outputs are the features (``"layer2"``, ``"stages.3"``,
+  ``"blocks.7"``): a child of the model or a child of one of its children;
+- ``head`` is the ``ClassifierHead`` that ``create_classifier`` returns;
+- ``final_norm`` (optional) names a trunk module that is the final norm: ``norm=True`` applies it to the
+  intermediates, and only ``prune_norm`` removes it.
+
+From that come ``forward_features``, ``forward_head``, ``forward_intermediates``,
+``prune_intermediate_layers``, ``set_grad_checkpointing``, ``group_matcher``, ``get_classifier``,
+``reset_classifier`` and ``no_weight_decay``, with timm's semantics and one set of errors.
+"""
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+from torch import nn
+from timm.models import checkpoint
+from timm.models._features import feature_take_indices
+
+from ..layers.classifier import ClassifierHead
+from ..layers._factory import check_positive_int
+
+__all__ = ['TimmModel', 'device_context']
+
+Step = Tuple[str, Callable[[torch.Tensor], torch.Tensor]]
+Indices = Optional[Union[int, List[int]]]
+
+
+def device_context(device: Union[str, torch.device, None]) -> ContextManager:
+    """Build modules directly on ``device`` (timm passes ``device=`` to every model)."""
+    return torch.device(device) if device is not None else nullcontext()
+
+
+class TimmModel(nn.Module):
+    """timm's model API over a declared layout (see the module docstring).
+
+    A family's ``__init__`` registers its trunk modules in forward order, then ``head``, then calls
+    ``init_model_api``. Class attributes a family may set: ``output_fmts`` (the layouts its intermediates can
+    take), ``final_norm``, ``stem_pattern``, ``block_pattern`` / ``block_pattern_coarse`` (for
+    ``group_matcher``) and ``no_decay`` (parameter names exempt from weight decay).
+    """
+    output_fmts: Tuple[str, ...] = ('NCHW', 'NHWC')
+    final_norm: str = ''
+    stem_pattern: str = r'^stem'
+    block_pattern: Any = None
+    block_pattern_coarse: Any = None
+    no_decay: Tuple[str, ...] = ()
+
+    def init_model_api(self, *, num_classes: int, in_chans: int, drop_rate: float, num_features: int,
+                       feature_info: List[Dict[str, Any]], not_trunk: Sequence[str] = ()) -> None:
+        """Record what the API needs; called by a family once its modules (``head`` included) exist."""
+        if not isinstance(getattr(self, 'head', None), ClassifierHead):
+            raise TypeError(f'{type(self).__name__}.head must be the ClassifierHead create_classifier returns')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.num_features = num_features
+        self.head_hidden_size = self.head.hidden_size
+        self.feature_info = feature_info
+        self.not_trunk: List[str] = ['head'] + list(not_trunk)
+        self.grad_checkpointing = False
+        known = {path for path, _ in self._steps()}
+        unknown = [f['module'] for f in feature_info if f['module'] not in known]
+        if unknown:
+            raise ValueError(f'{type(self).__name__}.feature_info names modules outside the trunk: {unknown}')
+
+    def finish_init(self, dtype: Optional[torch.dtype]) -> None:
+        """Convert to ``dtype`` (timm passes ``dtype=``) once the weights are initialised."""
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    # -- the trunk ----------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def _steps(self) -> List[Step]:
+        """The trunk as (path, module) steps: each child, split into its own children where a feature lies
+        inside it (``stages`` → ``stages.0``, ``stages.1``, ...)."""
+        feature_paths = {f['module'] for f in self.feature_info}
+        steps: List[Step] = []
+        for name, child in self.named_children():
+            if name in self.not_trunk:
+                continue
+            if any(path.startswith(name + '.') for path in feature_paths):
+                steps.extend((f'{name}.{sub}', module) for sub, module in child.named_children())
+            else:
+                steps.append((name, child))
+        return steps
+
+    @torch.jit.ignore
+    def _forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk step by step, each step in a gradient checkpoint."""
+        for _, step in self._steps():
+            x = checkpoint(step, x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's output (the input of the head)."""
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._forward_steps(x)
+        for name, child in self.named_children():
+            if name not in self.not_trunk:
+                x = child(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The head on the trunk's output; ``pre_logits`` stops before the output layer."""
+        return self.head(x, pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # -- intermediates and pruning ------------------------------------------------------------------
+    def _check_output_fmt(self, output_fmt: str) -> None:
+        if output_fmt not in self.output_fmts:
+            raise ValueError(f'output_fmt must be one of {self.output_fmts} for {type(self).__name__}, '
+                             f'got {output_fmt!r}')
+
+    @torch.jit.ignore
+    def _forward_taps(self, x: torch.Tensor, indices: Indices, norm: bool, stop_early: bool
+                      ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run the trunk, keeping the features ``indices`` selects (``norm``: through the final norm)."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        wanted = {self.feature_info[i]['module'] for i in take_indices}
+        last = self.feature_info[max_index]['module']
+        final_norm = getattr(self, self.final_norm) if self.final_norm else None
+        steps = self._steps()
+        taps: List[torch.Tensor] = []
+        for path, step in steps:
+            x = checkpoint(step, x) if self.grad_checkpointing else step(x)
+            if path in wanted:
+                taps.append(final_norm(x) if norm and final_norm is not None else x)
+            if stop_early and path == last:
+                if path != steps[-1][0] and any(p == self.final_norm for p, _ in steps):
+                    x = final_norm(x)  # as timm: the final norm ends the trunk even when stopped early
+                break
+        return x, taps
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Indices = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The features ``indices`` selects (the last n for an int, all for None, negative from the end),
+        as timm defines it: ``norm`` passes them through the final norm (where the model has one),
+        ``stop_early`` stops after the last one, ``output_fmt`` is ``'NCHW'`` or ``'NHWC'``, and
+        ``intermediates_only`` leaves out the trunk's output."""
+        self._check_output_fmt(output_fmt)
+        x, taps = self._forward_taps(x, indices, norm, stop_early)
+        if output_fmt == 'NHWC':
+            taps = [t.permute(0, 2, 3, 1) for t in taps]
+        return taps if intermediates_only else (x, taps)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Remove the trunk after the last feature ``indices`` selects (the final norm only with
+        ``prune_norm``), and the head with ``prune_head`` or when the features it took change width;
+        returns the kept indices.
+
+        A removed head becomes a bare one (no pool, no hidden layer, no classes) sized for the new end of the
+        trunk; ``reset_classifier`` puts a pool and classes back.
+        """
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        last = self.feature_info[max_index]['module']
+        steps = [path for path, _ in self._steps()]
+        for path in steps[steps.index(last) + 1:]:
+            if path == self.final_norm and not prune_norm:
+                continue
+            self._remove_step(path)
+        if prune_norm and self.final_norm:
+            setattr(self, self.final_norm, nn.Identity())
+        prune_end = max_index < len(self.feature_info) - 1
+        if prune_end:
+            self.num_features = self.feature_info[max_index]['num_chs']
+        if prune_head or self.num_features != self.head.in_features:
+            self.head.reset(self.head.num_classes, inplanes=self.num_features, keep_hidden=False)
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def _remove_step(self, path: str) -> None:
+        parent, _, child = path.rpartition('.')
+        if not parent:
+            setattr(self, path, nn.Identity())
+            return
+        container = getattr(self, parent)
+        names = list(container._modules)
+        if child in names:  # drop this child and every later one
+            setattr(self, parent, container[:names.index(child)])
+
+    # -- head ---------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[Union[str, nn.Module]] = None) -> None:
+        """A new output layer for ``num_classes`` (0: none, the model returns pre-logits features);
+        ``global_pool=None`` keeps the pool. The new layers are on the model's device and in its dtype."""
+        check_positive_int(num_classes, 'num_classes', allow_zero=True)
+        self.head.reset(num_classes, global_pool, reference=next(self.parameters(), None))
+        self.num_classes = num_classes
+        self.head_hidden_size = self.head.hidden_size
+
+    # -- training helpers ---------------------------------------------------------------------------
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for timm's layer-wise learning-rate decay: the stem, then block by block."""
+        blocks = self.block_pattern_coarse if coarse and self.block_pattern_coarse else self.block_pattern
+        return dict(stem=self.stem_pattern, blocks=blocks)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return set(self.no_decay)
