@@ -1,6 +1,10 @@
 """Shared pytest fixtures. Add yours below; keep this file small."""
 import pytest
 
+from timm_metalayers._timm_tests import share_cores_among_xdist_workers
+
+share_cores_among_xdist_workers()  # `pytest -n 2` on 2 cores: one torch thread per worker
+
 try:  # tests/ as a package or as a rootdir-relative folder
     from .hub_server import local_hub  # noqa: F401
 except ImportError:

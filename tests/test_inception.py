@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
+from random_weights import randomize_weights
 from timm_metalayers.layers import StochasticDepth, linear_scheduler
 from timm_metalayers.models import inception_resnet_v2 as irv2_module
 from timm_metalayers.models import inception_v3 as v3_module
@@ -36,24 +37,6 @@ FEATURE_SIDES = {
 OTHER_SIZE = (128, 160)  # (H, W), not square
 
 
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights that keep activations O(1) (timm's Inception-v3 init blows up through 90 convs),
-    random batch-norm affine parameters and running statistics."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.normal_(0.0, (2.0 / m.weight[0].numel()) ** 0.5, generator=g)
-                if m.bias is not None:
-                    m.bias.normal_(0.0, 0.1, generator=g)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0.0, 0.2, generator=g)
-                m.running_mean.normal_(0.0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-    return model.eval()
-
-
 def _save(model: nn.Module, path) -> str:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return str(path)
@@ -74,7 +57,7 @@ def timm_weights(tmp_path_factory):
     def get(name):
         if name not in cache:
             kwargs = dict(aux_logits=True) if name == 'metalayers_inception_v3' else {}
-            ref = _randomize(timm.create_model(MODELS[name][0], **kwargs))
+            ref = randomize_weights(timm.create_model(MODELS[name][0], **kwargs), gain=2.0)
             cache[name] = ref, _save(ref, tmp_path_factory.mktemp('weights') / f'{MODELS[name][0]}.safetensors')
         return cache[name]
     return get

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
+from random_weights import randomize_weights
 from timm_metalayers.layers import StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.layers.classifier import HeadResetError
@@ -30,18 +31,7 @@ def _one_thread():
 
 
 def _random_timm(name: str) -> nn.Module:
-    """timm's model with random weights, BN running stats included."""
-    torch.manual_seed(0)
-    model = timm.create_model(name).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-        model.classifier.weight.normal_(0.0, 0.05)
-    return model
+    return randomize_weights(timm.create_model(name))
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,5 +1,4 @@
 """ResNet family: parity with timm through the checkpoint filter, argument wiring, timm's model API."""
-import math
 
 import pytest
 import timm
@@ -8,6 +7,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
+from random_weights import randomize_weights
 from timm_metalayers.layers import AdaptiveMeanMaxPool, DropBlock, StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.models.resnet import ResNet, basicblock, bottleneck, checkpoint_filter_fn, resnet
@@ -17,26 +17,8 @@ ARCHS = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnet50
 DEPTHS = {'resnet18': 8, 'resnet34': 16, 'resnet50': 16, 'resnet101': 33, 'resnet152': 50}
 
 
-def _randomize(model: nn.Module) -> nn.Module:
-    """Random weights everywhere, including norm statistics and the zero-initialised last BN scales."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                if name.endswith('running_var'):
-                    tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-                elif name.endswith(('running_mean', 'bias')):
-                    tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.2 - 0.1)
-                elif tensor.dim() == 1:
-                    tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.5 + 0.75)
-                else:
-                    fan_in = tensor[0].numel()
-                    tensor.copy_(torch.randn(tensor.shape, generator=gen) * math.sqrt(1.0 / fan_in))
-    return model.eval()
-
-
 def _timm_checkpoint(arch: str, tmp_path, **kwargs):
-    ref = _randomize(timm.create_model(arch, **kwargs))
+    ref = randomize_weights(timm.create_model(arch, **kwargs))
     path = tmp_path / f'{arch}.safetensors'
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
     return ref, str(path)

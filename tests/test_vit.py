@@ -1,5 +1,4 @@
 """ViT family: parity with timm's ViTs through the checkpoint filter, argument wiring, timm's model API."""
-import math
 
 import pytest
 import timm
@@ -9,6 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
+from random_weights import randomize_weights
 from timm_metalayers.layers import LayerScale, StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -20,22 +20,8 @@ PARITY_DEPTH = {'vit_large_patch16_224': 3, 'vit_base_patch16_384': 4}
 TINY = 'vit_tiny_patch16_224'
 
 
-def _randomize(model: nn.Module) -> nn.Module:
-    """Random weights everywhere (norm scales and biases too), so a mis-mapped key cannot go unnoticed."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith('.weight') and tensor.dim() == 1:  # norm scales
-                tensor.copy_(1.0 + 0.2 * torch.randn(tensor.shape, generator=gen))
-            elif tensor.dim() <= 1 or tensor.shape[0] == 1:  # biases, class token, position embedding
-                tensor.copy_(0.2 * torch.randn(tensor.shape, generator=gen))
-            else:
-                tensor.copy_(torch.randn(tensor.shape, generator=gen) / math.sqrt(tensor[0].numel()))
-    return model.eval()
-
-
 def _timm_checkpoint(arch: str, path, **kwargs):
-    ref = _randomize(timm.create_model(arch, device='meta', **kwargs).to_empty(device='cpu'))
+    ref = randomize_weights(timm.create_model(arch, device='meta', **kwargs).to_empty(device='cpu'))
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
     return ref, str(path)
 

@@ -6,6 +6,6 @@ normalisation layers with timm's norm factory.
 from . import layers
 from . import models
 from . import hub
-from ._timm_tests import pytest_collection_modifyitems  # noqa: F401  (hook for `pytest -p timm_metalayers`)
+from ._timm_tests import pytest_collection_modifyitems, pytest_configure  # noqa: F401  (hooks for `pytest -p timm_metalayers`)
 
 __version__ = '0.1.0'

@@ -50,6 +50,23 @@ skip_timm_test(
     when=lambda: os.environ.get('TIMM_METALAYERS_SLOW_TESTS', '') != '1')
 
 
+def share_cores_among_xdist_workers() -> None:
+    """In a pytest-xdist worker, give torch (and the processes it starts) its share of the CPU cores:
+    ``cores // workers`` threads, not every core in every worker (which oversubscribes the machine)."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '0') or 0)
+    if workers < 1:
+        return
+    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = threads
+    import torch
+    torch.set_num_threads(int(threads))
+
+
+def pytest_configure(config: Any) -> None:
+    """pytest hook: timm's model tests under ``-n N`` share the cores as this package's own tests do."""
+    share_cores_among_xdist_workers()
+
+
 def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
     """pytest hook: mark the declared (test, model) pairs as skipped, with their reasons."""
     import pytest
@@ -67,4 +84,5 @@ def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
                 break
 
 
-__all__ = ['skip_timm_test', 'hub_tests_off', 'pytest_collection_modifyitems']
+__all__ = ['skip_timm_test', 'hub_tests_off', 'share_cores_among_xdist_workers', 'pytest_configure',
+           'pytest_collection_modifyitems']

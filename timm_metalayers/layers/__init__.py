@@ -1,6 +1,6 @@
 """Metalhead.jl's Layers module for PyTorch: building blocks that compose timm-style models."""
 from ._factory import ActivationFn, create_activation, create_norm, resolve_norm_layer
-from .classifier import create_classifier
+from .classifier import ClassifierHead, HeadResetError, create_classifier
 from .conv import basic_conv_bn, conv_norm
 from .drop import DropBlock, StochasticDepth, dropblock, linear_scheduler
 from .norm import ChannelLayerNorm, LayerNormV2, prenorm
@@ -15,7 +15,7 @@ __all__ = [
     'conv_norm', 'basic_conv_bn',
     'LayerScale', 'LayerNormV2', 'ChannelLayerNorm', 'prenorm',
     'DropBlock', 'dropblock', 'StochasticDepth', 'linear_scheduler',
-    'AdaptiveMeanMaxPool', 'cat_channels', 'create_pool', 'create_classifier',
+    'AdaptiveMeanMaxPool', 'cat_channels', 'create_pool', 'create_classifier', 'ClassifierHead', 'HeadResetError',
     'SqueezeExcite', 'squeeze_excite',
     'ActivationFn', 'create_activation', 'create_norm', 'resolve_norm_layer',
 ]

@@ -1,7 +1,7 @@
 """``create_classifier``: the classifier head of a model, in the guide's two forms."""
 
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple, Union, overload
+from typing import Optional, Sequence, Tuple, Union, overload
 
 import torch
 from torch import nn

@@ -188,12 +188,12 @@ class TimmModel(nn.Module):
     def _remove_step(self, path: str) -> None:
         parent, _, child = path.rpartition('.')
         if not parent:
-            setattr(self, path, nn.Identity())
+            setattr(self, path, nn.Identity().train(self.training))
             return
         container = getattr(self, parent)
         names = list(container._modules)
         if child in names:  # drop this child and every later one
-            setattr(self, parent, container[:names.index(child)])
+            setattr(self, parent, container[:names.index(child)].train(container.training))
 
     # -- head ---------------------------------------------------------------------------------------
     @torch.jit.ignore

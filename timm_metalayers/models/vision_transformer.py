@@ -8,7 +8,7 @@ through ``checkpoint_filter_fn``.
 """
 import re
 from functools import partial
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
