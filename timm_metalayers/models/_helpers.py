@@ -1,12 +1,12 @@
 """Shared pieces of the model families: building through timm's factory, strict checkpoint remapping from
 timm's names onto ours, and pretrained configs taken from timm's."""
 from collections.abc import Mapping
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from ..state_dict import CheckpointMismatchError, check_state_dict
 
@@ -107,3 +107,10 @@ def build_family_model(model_fn: Callable[..., nn.Module], variant: str, pretrai
     ``checkpoint_filter_fn``, and ``features_only`` through ``forward_intermediates`` (timm's getter)."""
     return build_model_with_cfg(model_fn, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(feature_cls='getter', **(feature_cfg or {})), **kwargs)
+
+
+def twin_pretrained_cfgs(tags: Dict[str, Sequence[str]], **overrides) -> Dict:
+    """The ``default_cfgs`` of a family of twins: ``metalayers_<arch>.<tag>`` for every ``<arch>: [<tag>, ...]``
+    of ``tags``, each timm's ``<arch>.<tag>`` config (``timm_pretrained_cfg``) with ``overrides``."""
+    return generate_default_cfgs({f'metalayers_{arch}.{tag}': timm_pretrained_cfg(f'{arch}.{tag}', **overrides)
+                                  for arch, arch_tags in tags.items() for tag in arch_tags})

@@ -8,21 +8,23 @@ branches (``branch0``, ``branch1``, ... as TF-slim names them); a branch is one 
 ``nn.Sequential`` of them. A conv block is ``nn.Sequential(*basic_conv_bn(...))``: ``0`` conv, ``1`` norm.
 """
 from collections import OrderedDict
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from timm.models import checkpoint
 
 from ..layers import StochasticDepth, basic_conv_bn, conv_norm, create_activation, create_classifier
-from ._base import TimmModel
-from ._helpers import timm_pretrained_cfg
+from ._base import TimmModel, device_context
+from ._helpers import twin_pretrained_cfgs
 
 # The convolutions are unpadded ("valid"), so small inputs shrink below input / stride: the models run from
 # 75x75, but only from 107x107 is the stride-32 feature map 2x2 and every feature level within 2x of its
 # nominal reduction. timm's model tests read this as the smallest size to test at (README: Inception).
 MIN_INPUT_SIZE = (3, 107, 107)
 
-__all__ = ['MIN_INPUT_SIZE', 'inception_conv', 'Parallel', 'ScaledResidual', 'InceptionNet', 'inception_cfg',
+__all__ = ['MIN_INPUT_SIZE', 'inception_conv', 'Parallel', 'ScaledResidual', 'InceptionNet', 'inception_cfgs',
            'inception_renamer']
 
 
@@ -90,34 +92,104 @@ class ScaledResidual(nn.Module):
 
 
 class InceptionNet(TimmModel):
-    """An Inception model: ``stages`` (one per output stride) and a ``create_classifier`` head, with timm's
-    model API from ``TimmModel``. Subclasses build the stages with their mid-level constructor and call
-    ``_init_inception``."""
+    """An Inception model: ``stages`` (one per output stride), a ``create_classifier`` head and, where the
+    family has one, an optional auxiliary classifier on one stage (``aux_logits=True``: ``forward`` then
+    returns ``(logits, aux_logits)`` in training and evaluation, as timm's Inception-v3).
+
+    A family sets ``stage_chs`` (the width of each stage), ``build_stages(in_chans, *, act_layer,
+    norm_layer, **options)`` (its mid-level constructor) and, for an auxiliary classifier, ``aux_stage`` and
+    ``build_aux_head(num_classes, conv)``; the timm model API comes from ``TimmModel``.
+    """
     reductions: Tuple[int, ...] = (2, 4, 8, 16, 32)
+    stage_chs: Tuple[int, ...] = ()
+    aux_stage: int = -1
+    aux_logits: torch.jit.Final[bool]
     stem_pattern = r'^stages\.0\.'
     block_pattern = [(r'^stages\.(\d+)\.(\d+)', None)]
     block_pattern_coarse = r'^stages\.(\d+)'
 
-    def _init_inception(self, stages: nn.Sequential, stage_chs: Sequence[int], *, num_classes: int,
-                        in_chans: int, global_pool, drop_rate: float) -> None:
-        if len(stages) != len(stage_chs) or len(stages) != len(self.reductions):
-            raise ValueError(f'{type(self).__name__}: expected {len(self.reductions)} stages with their widths, '
-                             f'got {len(stages)} stages and {len(stage_chs)} widths')
-        self.stages = stages
-        self.head = create_classifier(stage_chs[-1], num_classes, pool_layer=global_pool,
-                                      dropout_prob=drop_rate or None)
-        feature_info = [dict(num_chs=c, reduction=r, module=f'stages.{i}')
-                        for i, (c, r) in enumerate(zip(stage_chs, self.reductions))]
-        self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-                            num_features=stage_chs[-1], feature_info=feature_info, not_trunk=('aux_head',))
+    def __init__(
+            self,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: Union[str, nn.Module] = 'avg',
+            drop_rate: float = 0.,
+            aux_logits: bool = False,
+            act_layer='relu',
+            norm_layer=None,
+            device=None,
+            dtype=None,
+            **stage_options,
+    ):
+        super().__init__()
+        self.aux_logits = bool(aux_logits)
+        if self.aux_logits and self.aux_stage < 0:
+            raise ValueError(f'aux_logits=True: {type(self).__name__} has no auxiliary classifier')
+        with device_context(device):
+            self.stages = self.build_stages(in_chans, act_layer=act_layer, norm_layer=norm_layer, **stage_options)
+            self.head = create_classifier(self.stage_chs[-1], num_classes, pool_layer=global_pool,
+                                          dropout_prob=drop_rate or None)
+            conv = partial(inception_conv, act_layer=act_layer, norm_layer=norm_layer)
+            self.aux_head = self.build_aux_head(num_classes, conv) if self.aux_logits else None
+            feature_info = [dict(num_chs=c, reduction=r, module=f'stages.{i}')
+                            for i, (c, r) in enumerate(zip(self.stage_chs, self.reductions))]
+            self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                                num_features=self.stage_chs[-1], feature_info=feature_info, not_trunk=('aux_head',))
+            self.init_weights()
+        self.finish_init(dtype)
+
+    def build_stages(self, in_chans: int, *, act_layer, norm_layer, **options) -> nn.Sequential:
+        raise NotImplementedError
+
+    def build_aux_head(self, num_classes: int, conv: Callable[..., nn.Sequential]) -> nn.Module:
+        raise NotImplementedError
+
+    @torch.jit.ignore
+    def init_weights(self) -> None:
+        """PyTorch's default initialisation (timm's Inception-v4 and Inception-ResNet-v2 keep it too)."""
+
+    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        if self.aux_head is not None:
+            ref = self.aux_head.conv1[0].weight  # the aux head's last conv: its width feeds fc
+            fc = create_classifier(ref.shape[0], num_classes).fc
+            self.aux_head.fc = fc.to(device=ref.device, dtype=ref.dtype).train(self.training)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """As ``TimmModel``'s; the auxiliary classifier goes with the head."""
+        take_indices = super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        if len(self.stages) < len(self.feature_info) or prune_head:
+            self.aux_head = None
+            self.aux_logits = False
+        return take_indices
+
+    def forward_features_aux(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The final features and the auxiliary logits (needs ``aux_logits=True``)."""
+        aux = x
+        for i, stage in enumerate(self.stages):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(stage, x)
+            else:
+                x = stage(x)
+            if i == self.aux_stage and self.aux_head is not None:
+                aux = self.aux_head(x)
+        return x, aux
+
+    def forward(self, x: torch.Tensor):
+        if self.aux_head is not None:
+            x, aux = self.forward_features_aux(x)
+            return self.forward_head(x), aux
+        return self.forward_head(self.forward_features(x))
 
 
-def inception_cfg(timm_name: str) -> Dict:
-    """timm's pretrained config of ``timm_name`` (299 input, Inception mean/std, crop, licence, ...), with
-    ``hf_hub_id`` at ``timm/<timm_name>``'s ``model.safetensors`` and our first conv / classifier names."""
-    # min_input_size is not in timm's cfg: unpadded convs leave a 1x1 stride-32 map below 107x107
-    return timm_pretrained_cfg(timm_name, first_conv='stages.0.0.0', classifier='head.fc',
-                               min_input_size=MIN_INPUT_SIZE)
+def inception_cfgs(tags: Dict[str, Sequence[str]]) -> Dict:
+    """The family's ``default_cfgs``: timm's configs (299 input, Inception mean/std, crop, licence, ...) with
+    our first conv / classifier names, and the smallest input size (unpadded convs leave a 1x1 stride-32 map
+    below 107x107, which timm's configs do not say)."""
+    return twin_pretrained_cfgs(tags, first_conv='stages.0.0.0', classifier='head.fc',
+                                min_input_size=MIN_INPUT_SIZE)
 
 
 def inception_renamer(

@@ -7,17 +7,16 @@ Paper: `Inception-v4, Inception-ResNet and the Impact of Residual Connections on
 Loads timm's ImageNet weights (``inception_resnet_v2.tf_in1k``) through ``checkpoint_filter_fn``.
 """
 from functools import partial
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 
 from ..layers import basic_conv_bn, linear_scheduler
-from ._base import device_context
 from ._helpers import build_family_model, remap_checkpoint
 from ._inception import (
-    InceptionNet, Parallel, ScaledResidual, inception_cfg, inception_conv, inception_renamer)
+    InceptionNet, Parallel, ScaledResidual, inception_cfgs, inception_conv, inception_renamer)
 
 __all__ = ['InceptionResNetV2', 'inception_resnet_v2_stages']
 
@@ -121,27 +120,12 @@ def inception_resnet_v2_stages(in_chans: int = 3, *, drop_path_rate: Optional[fl
 
 
 class InceptionResNetV2(InceptionNet):
-    """Inception-ResNet-v2 with timm's model API."""
+    """Inception-ResNet-v2 with timm's model API; ``drop_path_rate`` is stochastic depth over its residual blocks."""
+    stage_chs = STAGE_CHS
 
-    def __init__(
-            self,
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            global_pool: Union[str, nn.Module] = 'avg',
-            drop_rate: float = 0.,
-            drop_path_rate: float = 0.,
-            act_layer='relu',
-            norm_layer=None,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        with device_context(device):
-            stages = inception_resnet_v2_stages(
-                in_chans, drop_path_rate=drop_path_rate, act_layer=act_layer, norm_layer=norm_layer)
-            self._init_inception(stages, STAGE_CHS, num_classes=num_classes, in_chans=in_chans,
-                                 global_pool=global_pool, drop_rate=drop_rate)
-        self.finish_init(dtype)
+    def build_stages(self, in_chans: int, *, act_layer, norm_layer, drop_path_rate: float = 0.) -> nn.Sequential:
+        return inception_resnet_v2_stages(in_chans, drop_path_rate=drop_path_rate, act_layer=act_layer,
+                                          norm_layer=norm_layer)
 
 
 def _create_inception_resnet_v2(variant: str, pretrained: bool = False, **kwargs) -> InceptionResNetV2:
@@ -149,10 +133,8 @@ def _create_inception_resnet_v2(variant: str, pretrained: bool = False, **kwargs
 
 
 
-default_cfgs = generate_default_cfgs({
-    # TensorFlow-slim weights, ported by timm
-    'metalayers_inception_resnet_v2.tf_in1k': inception_cfg('inception_resnet_v2.tf_in1k'),
-})
+# TensorFlow-slim weights, ported by timm
+default_cfgs = inception_cfgs({'inception_resnet_v2': ('tf_in1k',)})
 
 
 def _timm_blocks() -> Dict:

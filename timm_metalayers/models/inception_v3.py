@@ -8,18 +8,17 @@ Loads timm's ImageNet weights (``inception_v3.tv_in1k``, ``.tf_in1k``, ``.gluon_
 """
 from collections import OrderedDict
 from functools import partial
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
 from timm.layers import trunc_normal_
-from timm.models import checkpoint, generate_default_cfgs, register_model
+from timm.models import register_model
 
 from ..layers import create_classifier
-from ._base import device_context
 from ._helpers import build_family_model, remap_checkpoint
 from ._inception import (
-    InceptionNet, Parallel, inception_cfg, inception_conv, inception_renamer)
+    InceptionNet, Parallel, inception_cfgs, inception_conv, inception_renamer)
 
 __all__ = ['InceptionV3', 'inception_v3_stages']
 
@@ -109,35 +108,18 @@ def inception_v3_stages(in_chans: int = 3, *, act_layer='relu', norm_layer=None)
 class InceptionV3(InceptionNet):
     """Inception-v3 with timm's model API; ``aux_logits=True`` adds the auxiliary classifier
     (``forward`` then returns ``(logits, aux_logits)``)."""
-    aux_logits: torch.jit.Final[bool]
+    stage_chs = STAGE_CHS
+    aux_stage = AUX_STAGE
 
-    def __init__(
-            self,
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            global_pool: Union[str, nn.Module] = 'avg',
-            drop_rate: float = 0.,
-            aux_logits: bool = False,
-            act_layer='relu',
-            norm_layer=None,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        with device_context(device):
-            conv = partial(inception_conv, act_layer=act_layer, norm_layer=norm_layer)
-            self._init_inception(
-                inception_v3_stages(in_chans, act_layer=act_layer, norm_layer=norm_layer), STAGE_CHS,
-                num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate)
-            self.aux_logits = bool(aux_logits)
-            self.aux_stage = AUX_STAGE
-            self.aux_head = inception_v3_aux(STAGE_CHS[AUX_STAGE], num_classes, conv) if aux_logits else None
-            self.init_weights()
-        self.finish_init(dtype)
+    def build_stages(self, in_chans: int, *, act_layer, norm_layer) -> nn.Sequential:
+        return inception_v3_stages(in_chans, act_layer=act_layer, norm_layer=norm_layer)
+
+    def build_aux_head(self, num_classes: int, conv: ConvFn) -> nn.Sequential:
+        return inception_v3_aux(STAGE_CHS[AUX_STAGE], num_classes, conv)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        # as torchvision / timm: truncated normal, std 0.1 (0.01 and 0.001 in the auxiliary classifier)
+        """As torchvision / timm: truncated normal, std 0.1 (0.01 and 0.001 in the auxiliary classifier)."""
         for name, m in self.named_modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 std = 0.1
@@ -147,43 +129,6 @@ class InceptionV3(InceptionNet):
                     std = 0.001
                 trunc_normal_(m.weight, std=std)
 
-    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
-        super().reset_classifier(num_classes, global_pool)
-        if self.aux_head is not None:
-            fc = create_classifier(768, num_classes).fc
-            ref = self.aux_head.conv1[0].weight
-            self.aux_head.fc = fc.to(device=ref.device, dtype=ref.dtype).train(self.training)
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices = super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
-        if len(self.stages) < len(self.feature_info) or prune_head:
-            self.aux_head = None  # the auxiliary classifier goes with the head
-            self.aux_logits = False
-        return take_indices
-
-    def forward_features_aux(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The final features and the auxiliary logits (needs ``aux_logits=True``)."""
-        aux = x
-        for i, stage in enumerate(self.stages):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(stage, x)
-            else:
-                x = stage(x)
-            if i == self.aux_stage and self.aux_head is not None:
-                aux = self.aux_head(x)
-        return x, aux
-
-    def forward(self, x: torch.Tensor):
-        if self.aux_head is not None:
-            x, aux = self.forward_features_aux(x)
-            return self.forward_head(x), aux
-        return self.forward_head(self.forward_features(x))
-
 
 def _create_inception_v3(variant: str, pretrained: bool = False, **kwargs) -> InceptionV3:
     if kwargs.get('features_only') and kwargs.get('aux_logits'):
@@ -192,14 +137,8 @@ def _create_inception_v3(variant: str, pretrained: bool = False, **kwargs) -> In
 
 
 
-default_cfgs = generate_default_cfgs({
-    # torchvision's weights (with the auxiliary classifier)
-    'metalayers_inception_v3.tv_in1k': inception_cfg('inception_v3.tv_in1k'),
-    # TensorFlow-slim weights, ported by timm
-    'metalayers_inception_v3.tf_in1k': inception_cfg('inception_v3.tf_in1k'),
-    # Gluon weights
-    'metalayers_inception_v3.gluon_in1k': inception_cfg('inception_v3.gluon_in1k'),
-})
+# torchvision's (with the auxiliary classifier), TensorFlow-slim's and Gluon's weights, as timm has them
+default_cfgs = inception_cfgs({'inception_v3': ('tv_in1k', 'tf_in1k', 'gluon_in1k')})
 
 
 # timm's InceptionV3 module names → ours. Mixed_* blocks: timm's branch names per block type → our Parallel paths.

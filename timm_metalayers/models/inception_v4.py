@@ -7,16 +7,15 @@ Paper: `Inception-v4, Inception-ResNet and the Impact of Residual Connections on
 Loads timm's ImageNet weights (``inception_v4.tf_in1k``) through ``checkpoint_filter_fn``.
 """
 from functools import partial
-from typing import Callable, Dict, Union
+from typing import Callable, Dict
 
 import torch
 from torch import nn
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 
-from ._base import device_context
 from ._helpers import build_family_model, remap_checkpoint
 from ._inception import (
-    InceptionNet, Parallel, inception_cfg, inception_conv, inception_renamer)
+    InceptionNet, Parallel, inception_cfgs, inception_conv, inception_renamer)
 
 __all__ = ['InceptionV4', 'inception_v4_stages']
 
@@ -118,24 +117,10 @@ def inception_v4_stages(in_chans: int = 3, *, act_layer='relu', norm_layer=None)
 
 class InceptionV4(InceptionNet):
     """Inception-v4 with timm's model API."""
+    stage_chs = STAGE_CHS
 
-    def __init__(
-            self,
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            global_pool: Union[str, nn.Module] = 'avg',
-            drop_rate: float = 0.,
-            act_layer='relu',
-            norm_layer=None,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        with device_context(device):
-            self._init_inception(
-                inception_v4_stages(in_chans, act_layer=act_layer, norm_layer=norm_layer), STAGE_CHS,
-                num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate)
-        self.finish_init(dtype)
+    def build_stages(self, in_chans: int, *, act_layer, norm_layer) -> nn.Sequential:
+        return inception_v4_stages(in_chans, act_layer=act_layer, norm_layer=norm_layer)
 
 
 def _create_inception_v4(variant: str, pretrained: bool = False, **kwargs) -> InceptionV4:
@@ -143,10 +128,8 @@ def _create_inception_v4(variant: str, pretrained: bool = False, **kwargs) -> In
 
 
 
-default_cfgs = generate_default_cfgs({
-    # TensorFlow-slim weights, ported by timm
-    'metalayers_inception_v4.tf_in1k': inception_cfg('inception_v4.tf_in1k'),
-})
+# TensorFlow-slim weights, ported by timm
+default_cfgs = inception_cfgs({'inception_v4': ('tf_in1k',)})
 
 
 def _timm_blocks() -> Dict:

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from timm.layers import make_divisible
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 
 from ..layers import conv_norm, create_classifier, linear_scheduler, mbconv
 from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_probability
 from ..layers.mbconv import MBConv
 from ..layers.pool import create_pool
 from ._base import TimmModel, device_context
-from ._helpers import build_family_model, conv_to_linear, remap_checkpoint, timm_pretrained_cfg
+from ._helpers import build_family_model, conv_to_linear, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['MobileNetV3', 'mobilenetv3', 'MOBILENETV3_CONFIGS', 'checkpoint_filter_fn']
 
@@ -299,20 +299,13 @@ def _create_mobilenetv3(variant: str, config_table: str, width_mult: float, pret
                               config_table=config_table, width_mult=width_mult, **kwargs)
 
 
-def _cfg(timm_name: str) -> Dict[str, Any]:
-    """timm's pretrained config of ``timm_name`` (mean/std, crop, interpolation, licence, ...), with
-    ``hf_hub_id`` at ``timm/<timm_name>``'s ``model.safetensors`` and our first conv / classifier names."""
-    return timm_pretrained_cfg(timm_name, first_conv='stem.0', classifier='head.fc')
-
-
 # The weights are timm's, mapped by checkpoint_filter_fn.
-default_cfgs = generate_default_cfgs({
-    'metalayers_mobilenetv3_large_100.ra_in1k': _cfg('mobilenetv3_large_100.ra_in1k'),
-    'metalayers_mobilenetv3_large_100.miil_in21k_ft_in1k': _cfg('mobilenetv3_large_100.miil_in21k_ft_in1k'),
-    'metalayers_mobilenetv3_small_050.lamb_in1k': _cfg('mobilenetv3_small_050.lamb_in1k'),
-    'metalayers_mobilenetv3_small_075.lamb_in1k': _cfg('mobilenetv3_small_075.lamb_in1k'),
-    'metalayers_mobilenetv3_small_100.lamb_in1k': _cfg('mobilenetv3_small_100.lamb_in1k'),
-})
+default_cfgs = twin_pretrained_cfgs({
+    'mobilenetv3_large_100': ('ra_in1k', 'miil_in21k_ft_in1k'),
+    'mobilenetv3_small_050': ('lamb_in1k',),
+    'mobilenetv3_small_075': ('lamb_in1k',),
+    'mobilenetv3_small_100': ('lamb_in1k',),
+}, first_conv='stem.0', classifier='head.fc')
 
 
 @register_model

@@ -10,12 +10,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 
 from ..layers import DropBlock, StochasticDepth, conv_norm, create_classifier, linear_scheduler, squeeze_excite
 from ..layers._factory import check_bool, check_positive_int, check_probability, create_activation, resolve_norm_layer
 from ._base import TimmModel, device_context
-from ._helpers import build_family_model, remap_checkpoint, timm_pretrained_cfg
+from ._helpers import build_family_model, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['ResNet', 'ResidualBlock', 'resnet', 'basicblock', 'bottleneck']
 
@@ -357,10 +357,6 @@ def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
     return build_family_model(ResNet, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(timm_name: str, **kwargs) -> Dict[str, Any]:
-    return timm_pretrained_cfg(timm_name, first_conv='stem.0', classifier='head.fc', **kwargs)
-
-
 _TAGS = {
     'resnet18': ('tv_in1k', 'a1_in1k'),
     'resnet34': ('tv_in1k', 'a1_in1k'),
@@ -375,9 +371,7 @@ _TAGS = {
     'seresnet50': ('ra2_in1k', 'a1_in1k'),
 }
 
-default_cfgs = generate_default_cfgs({
-    f'metalayers_{arch}.{tag}': _cfg(f'{arch}.{tag}') for arch, tags in _TAGS.items() for tag in tags
-})
+default_cfgs = twin_pretrained_cfgs(_TAGS, first_conv='stem.0', classifier='head.fc')
 
 
 @register_model

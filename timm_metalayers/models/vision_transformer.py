@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 from timm.layers import resample_abs_pos_embed, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 
 from ..layers import (ClassTokens, LayerNormV2, LayerScale, MultiHeadSelfAttention, PatchEmbedding, StochasticDepth,
                       ViPosEmbedding, create_classifier, linear_scheduler, mlp_block, prenorm)
@@ -21,7 +21,7 @@ from ..layers._factory import (ActivationArg, NormArg, check_bool, check_positiv
                                resolve_norm_layer)
 from ..state_dict import CheckpointMismatchError
 from ._base import TimmModel, device_context
-from ._helpers import build_family_model, remap_checkpoint, timm_pretrained_cfg
+from ._helpers import build_family_model, remap_checkpoint, twin_pretrained_cfgs
 
 from timm.models._input import update_model_args, update_model_input_size
 
@@ -359,21 +359,16 @@ def vit(variant: str, pretrained: bool = False, arch: Optional[Dict[str, Any]] =
                               feature_cfg=dict(out_indices=out_indices), **kwargs)
 
 
-def _cfg(timm_name: str) -> Dict[str, Any]:
-    """timm's pretrained cfg of ``timm_name`` (input size, mean/std 0.5, crop, licence, ...) with our layer names;
-    the weights are the ``model.safetensors`` of timm's Hub repository ``timm/<timm_name>``."""
-    return timm_pretrained_cfg(timm_name, first_conv='patch_embed.proj', classifier='head.fc')
-
-
-default_cfgs = generate_default_cfgs({
-    'metalayers_vit_tiny_patch16_224.augreg_in21k_ft_in1k': _cfg('vit_tiny_patch16_224.augreg_in21k_ft_in1k'),
-    'metalayers_vit_small_patch16_224.augreg_in21k_ft_in1k': _cfg('vit_small_patch16_224.augreg_in21k_ft_in1k'),
-    'metalayers_vit_base_patch16_224.augreg2_in21k_ft_in1k': _cfg('vit_base_patch16_224.augreg2_in21k_ft_in1k'),
-    'metalayers_vit_base_patch16_224.augreg_in21k_ft_in1k': _cfg('vit_base_patch16_224.augreg_in21k_ft_in1k'),
-    'metalayers_vit_base_patch32_224.augreg_in21k_ft_in1k': _cfg('vit_base_patch32_224.augreg_in21k_ft_in1k'),
-    'metalayers_vit_large_patch16_224.augreg_in21k_ft_in1k': _cfg('vit_large_patch16_224.augreg_in21k_ft_in1k'),
-    'metalayers_vit_base_patch16_384.augreg_in21k_ft_in1k': _cfg('vit_base_patch16_384.augreg_in21k_ft_in1k'),
-})
+# timm's configs (input size, mean/std 0.5, crop, licence, ...) with our layer names; the weights are the
+# model.safetensors of timm's Hub repositories.
+default_cfgs = twin_pretrained_cfgs({
+    'vit_tiny_patch16_224': ('augreg_in21k_ft_in1k',),
+    'vit_small_patch16_224': ('augreg_in21k_ft_in1k',),
+    'vit_base_patch16_224': ('augreg2_in21k_ft_in1k', 'augreg_in21k_ft_in1k'),
+    'vit_base_patch32_224': ('augreg_in21k_ft_in1k',),
+    'vit_large_patch16_224': ('augreg_in21k_ft_in1k',),
+    'vit_base_patch16_384': ('augreg_in21k_ft_in1k',),
+}, first_conv='patch_embed.proj', classifier='head.fc')
 
 
 @register_model
