@@ -22,29 +22,29 @@ def _check_tensors(xs: tuple, who: str) -> List[torch.Tensor]:
     return list(xs)
 
 
-class AddAct(nn.Module):
+class _Connection(nn.Module):
+    """A join of a residual block's branches that holds its activation."""
+
+    def __init__(self, activation: ActivationArg = 'relu'):
+        super().__init__()
+        self.act = _activation_module(activation)
+
+
+class AddAct(_Connection):
     """``activation(x + y)``: sum the branches of a residual block, then activate (ResNet's join).
 
     Build it with ``addact(activation)``; call it with the two branches, ``connection(branch, shortcut)``.
     """
 
-    def __init__(self, activation: ActivationArg = 'relu'):
-        super().__init__()
-        self.act = _activation_module(activation)
-
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.act(x + y)
 
 
-class ActAdd(nn.Module):
+class ActAdd(_Connection):
     """``activation(x) + activation(y)``: activate each branch of a residual block, then sum.
 
     Build it with ``actadd(activation)``; call it with the two branches, ``connection(branch, shortcut)``.
     """
-
-    def __init__(self, activation: ActivationArg = 'relu'):
-        super().__init__()
-        self.act = _activation_module(activation)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.act(x) + self.act(y)
