@@ -42,8 +42,9 @@ def test_gated_mlp_block_train_mode_dropout_is_random_and_rescaled():
     assert not torch.equal(block(x), block(x))
 
 
-def test_gated_mlp_block_without_gate_is_mlp_block():
-    block = gated_mlp_block(None, 8, 32, 4, activation='relu')
+@pytest.mark.parametrize('no_gate', [None, nn.Identity])
+def test_gated_mlp_block_without_gate_is_mlp_block(no_gate):
+    block = gated_mlp_block(no_gate, 8, 32, 4, activation='relu')
     assert list(block._modules) == ['fc1', 'act', 'drop1', 'fc2', 'drop2']
     assert block.fc2.in_features == 32 and block.fc2.out_features == 4
 

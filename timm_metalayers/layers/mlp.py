@@ -1,13 +1,13 @@
 """MLP blocks of transformers and MLP mixers: ``mlp_block`` and gMLP's ``gated_mlp_block``."""
 
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from torch import nn
 
 from ._factory import ActivationArg, check_bool, check_positive_int, check_probability, create_activation
 
-_UNSET = object()  # "argument not given", where None is a meaningful value
+_UNSET: Any = object()  # "argument not given", where None is a meaningful value
 
 
 def _one_of(metalhead_name: str, metalhead_value, timm_name: str, timm_value, default=_UNSET):
@@ -53,10 +53,10 @@ def _check_widths(inplanes: object, hidden_planes: object, outplanes: object, dr
     return outplanes, dropout_prob
 
 
-def mlp_block(inplanes=_UNSET, hidden_planes=_UNSET, outplanes=_UNSET, drop=_UNSET, *,
-              dropout_prob=_UNSET, activation: ActivationArg = _UNSET, bias: bool = True,
-              dim=_UNSET, hidden_dim=_UNSET, out_dim=_UNSET, act_layer: ActivationArg = _UNSET,
-              device=None, dtype=None) -> nn.Sequential:
+def mlp_block(inplanes: int = _UNSET, hidden_planes: int = _UNSET, outplanes: Optional[int] = _UNSET,
+              drop: float = _UNSET, *, dropout_prob: float = _UNSET, activation: ActivationArg = _UNSET,
+              bias: bool = True, dim: int = _UNSET, hidden_dim: int = _UNSET, out_dim: Optional[int] = _UNSET,
+              act_layer: ActivationArg = _UNSET, device=None, dtype=None) -> nn.Sequential:
     """``Linear(inplanes, hidden_planes) → activation → Dropout → Linear(hidden_planes, outplanes) → Dropout``.
 
     The guide's ``mlp_block(inplanes, hidden_planes, outplanes=inplanes; dropout_prob=0, activation=gelu)``;
@@ -102,8 +102,8 @@ def gated_mlp_block(gate_layer: Optional[Callable[[int], nn.Module]], inplanes: 
     ``SpatialGatingUnit`` does (pass ``lambda planes: SpatialGatingUnit(planes, npatches)``).
 
     Args:
-        gate_layer: a callable ``planes -> nn.Module`` building the gate for ``hidden_planes`` features; None
-            (Metalhead's ``identity``) gives a plain ``mlp_block``.
+        gate_layer: a callable ``planes -> nn.Module`` building the gate for ``hidden_planes`` features; None or
+            ``nn.Identity`` (Metalhead's ``identity``) gives a plain ``mlp_block``.
         inplanes: input features.
         hidden_planes: width of the first layer; even, since the gate keeps half of it.
         outplanes: output features; ``inplanes`` by default.
@@ -116,7 +116,7 @@ def gated_mlp_block(gate_layer: Optional[Callable[[int], nn.Module]], inplanes: 
         (timm's ``GatedMlp`` names).
     """
     outplanes, dropout_prob = _check_widths(inplanes, hidden_planes, outplanes, dropout_prob, bias)
-    if gate_layer is None:
+    if gate_layer is None or gate_layer is nn.Identity:
         return _two_layer_mlp(inplanes, hidden_planes, outplanes, activation, dropout_prob, bias, None, hidden_planes,
                               device, dtype)
     if hidden_planes % 2:

@@ -1,7 +1,7 @@
 """Normalisation layers of the guide: ``LayerNormV2``, ``ChannelLayerNorm`` and ``prenorm``."""
 
 import numbers
-from typing import Optional
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,7 @@ from torch import nn
 from ._factory import ActivationArg, NormArg, check_bool, check_positive_int, check_real, create_activation, \
     create_norm, resolve_norm_layer
 
-_UNSET = object()  # "activation not given as a keyword"
+_UNSET: Any = object()  # "activation not given as a keyword"
 
 
 def _activation_or_identity(activation: ActivationArg) -> nn.Module:
@@ -39,8 +39,8 @@ class LayerNormV2(nn.LayerNorm):
         eps: added to the variance before the square root; > 0.
     """
 
-    def __init__(self, *size_act, activation: ActivationArg = _UNSET, affine: bool = True, eps: float = 1e-5,
-                 device=None, dtype=None):
+    def __init__(self, *size_act: Union[int, Sequence[int], ActivationArg], activation: ActivationArg = _UNSET,
+                 affine: bool = True, eps: float = 1e-5, device=None, dtype=None):
         size = size_act
         if size and not isinstance(size[-1], (numbers.Number, tuple, list, torch.Size)):
             if activation is not _UNSET:
