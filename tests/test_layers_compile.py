@@ -10,9 +10,12 @@ import torch._dynamo
 import torch._inductor.config
 from torch import nn
 
+from timm.layers import create_feature_extractor
+
 from timm_metalayers.layers import (AdaptiveMeanMaxPool, ChannelLayerNorm, DropBlock, LayerNormV2, LayerScale,
-                                    StochasticDepth, cat_channels, conv_norm, create_classifier, dropblock, prenorm,
-                                    squeeze_excite)
+                                    SpatialGatingUnit, StochasticDepth, actadd, addact, cat_channels, conv_norm,
+                                    create_classifier, dropblock, effective_squeeze_excite, flatten_chains,
+                                    fused_mbconv, gated_mlp_block, inputscale, prenorm, squeeze_excite, swapdims)
 
 
 class AllLayers(nn.Module):
@@ -116,6 +119,14 @@ SCRIPTABLE = {
     'classifier_meanmax': lambda: create_classifier(8, 5, pool_layer='meanmax'),
     'classifier_conv': lambda: create_classifier(8, 5, use_conv=True, pool_layer=None),
     'squeeze_excite': lambda: squeeze_excite(8, 2),
+    'effective_squeeze_excite': lambda: effective_squeeze_excite(8, gate_activation='hard_sigmoid'),
+    'fused_mbconv': lambda: fused_mbconv(3, 8, 16, 8, 'silu', reduction=4, drop_path_prob=0.3, pad='same'),
+    'fused_mbconv_single': lambda: fused_mbconv(3, 8, 8, 8, 'silu', stride=2, pad='same'),
+    'conv_norm_same_stride2': lambda: nn.Sequential(*conv_norm(4, 8, 8, stride=2, pad='same')),
+    'inputscale': lambda: inputscale(0.2, activation='relu'),
+    'swapdims': lambda: nn.Sequential(swapdims((0, 2, 3, 1)), nn.LayerNorm(8), swapdims((0, 3, 1, 2))),
+    # on (2, 8, 6, 6): the last dim is the features, the one before the 6 "tokens"
+    'gated_mlp_block': lambda: gated_mlp_block(lambda p: SpatialGatingUnit(p, 6), 6, 8, dropout_prob=0.2),
 }
 
 
@@ -146,3 +157,49 @@ def test_jit_script_layernormv2():
         assert torch.equal(scripted(x), eager(x))
         with pytest.raises(torch.jit.Error, match='LayerNormV2'):
             scripted(torch.randn(3, 8, 4, dtype=dtype))
+
+
+class NewLayers(nn.Module):
+    """The layers Metalhead's API reference adds to the guide's, in one graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = fused_mbconv(3, 4, 16, 4, 'silu', reduction=4, drop_path_prob=0.3, pad='same')
+        self.fused_down = fused_mbconv(3, 4, 4, 8, 'silu', stride=2, pad='same')
+        self.ese = effective_squeeze_excite(8)
+        self.scale = inputscale(0.5, activation='relu')
+        self.flat = nn.Sequential(*flatten_chains(nn.Sequential(nn.Sequential(*conv_norm(3, 8, 8, pad='same')),
+                                                                nn.Identity())))
+        self.join = addact('relu')
+        self.join_act = actadd('gelu')
+        self.to_tokens = swapdims((0, 2, 1))
+        self.mlp = gated_mlp_block(lambda p: SpatialGatingUnit(p, 16), 8, 16, dropout_prob=0.2)
+
+    def forward(self, x):
+        x = self.fused_down(self.fused(x))
+        x = self.join(self.ese(x), self.scale(x))
+        x = self.join_act(self.flat(x), x)
+        t = self.to_tokens(x.flatten(2))  # (N, 16 tokens, 8 features)
+        return self.mlp(t).mean((1, 2))
+
+
+def test_compile_new_layers_fullgraph_train_and_eval():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = NewLayers()
+    x = torch.randn(2, 4, 7, 8)  # odd and even sides: TF "same" pads asymmetrically at stride 2
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager', dynamic=False)
+    model.eval()
+    torch.testing.assert_close(compiled(x), model(x))
+    model.train()
+    torch.testing.assert_close(_run(compiled, x, 1), _run(model, x, 1))
+    assert not torch.equal(_run(model, x, 2), _run(model, x, 1))  # dropout and stochastic depth are live
+
+
+def test_fx_feature_extraction_through_new_layers():
+    """timm's fx feature extractor traces through the new layers (SwapDims is a registered leaf)."""
+    model = NewLayers().eval()
+    x = torch.randn(2, 4, 7, 8)
+    extractor = create_feature_extractor(model, return_nodes={'ese': 'ese', 'mlp': 'out'})
+    out = extractor(x)
+    assert out['ese'].shape == (2, 8, 4, 4) and out['out'].shape == (2, 16, 8)

@@ -97,6 +97,43 @@ def test_conv_norm_bias_rule_with_revnorm():
     assert conv_norm(3, 4, 4, revnorm=True, bias=True)[1].bias is not None
 
 
+# ---------------------------------------------------------------------------------------------
+# init (the guide's `init`) and the True/False flags
+# ---------------------------------------------------------------------------------------------
+
+def test_conv_norm_init_in_place_and_returned():
+    conv = conv_norm(3, 4, 8, init=nn.init.zeros_)[0]
+    assert torch.equal(conv.weight, torch.zeros(8, 4, 3, 3))
+    conv = conv_norm((3, 5), 4, 8, init=lambda w: torch.full_like(w, 0.5))[0]  # Flux's init returns an array
+    assert torch.equal(conv.weight, torch.full((8, 4, 3, 5), 0.5)) and conv.weight.requires_grad
+    torch.manual_seed(0)
+    a = conv_norm(3, 16, 32, init=functools.partial(nn.init.kaiming_normal_, mode='fan_out'))[0].weight
+    std = (2.0 / (32 * 9)) ** 0.5
+    assert abs(a.std().item() - std) < 0.1 * std  # kaiming fan_out, 4608 draws: a 10% band is ~7 sigma
+    torch.manual_seed(0)
+    default = conv_norm(3, 16, 32)[0].weight  # PyTorch's default: uniform in +-1/sqrt(fan_in)
+    bound = 1 / (16 * 9) ** 0.5
+    assert default.abs().max() <= bound and abs(default.std().item() - bound / 3 ** 0.5) < 0.1 * bound / 3 ** 0.5
+
+
+@pytest.mark.parametrize('init,exc,match', [
+    ('kaiming', TypeError, r"init must be a callable .* got 'kaiming'"),
+    (lambda w: torch.zeros(3), ValueError, r'init must fill the weight in place or return a tensor of its shape '
+                                           r'\(8, 4, 3, 3\), got \(3,\)'),
+    (lambda w: 0.5, ValueError, r'got float'),
+])
+def test_conv_norm_bad_init(init, exc, match):
+    with pytest.raises(exc, match=match):
+        conv_norm(3, 4, 8, init=init)
+
+
+@pytest.mark.parametrize('flag', ['revnorm', 'preact'])
+@pytest.mark.parametrize('value', ['no', 1, None, 0.0])
+def test_conv_norm_flags_must_be_bool(flag, value):
+    with pytest.raises(TypeError, match=f'{flag} must be True or False, got {value!r}'):
+        conv_norm(3, 4, 8, **{flag: value})
+
+
 def test_conv_norm_bad_bias():
     with pytest.raises(TypeError, match=r"bias must be True, False or None, got 'yes'"):
         conv_norm(3, 4, 4, bias='yes')
@@ -217,17 +254,53 @@ def test_conv_arguments_passed_through():
 
 @pytest.mark.parametrize('kernel,stride,dilation,expect_hw', [
     ((3, 3), 1, 1, (9, 10)), ((5, 5), 1, 2, (9, 10)), ((2, 2), 1, 1, (9, 10)), ((4, 3), 1, 1, (9, 10)),
-    ((3, 3), 2, 1, (5, 5)), ((7, 7), 3, 1, (3, 4)),
+    ((3, 3), 2, 1, (5, 5)), ((7, 7), 3, 1, (3, 4)), ((2, 2), 2, 1, (5, 5)), ((4, 4), 2, 2, (5, 5)),
 ])
 def test_pad_same(kernel, stride, dilation, expect_hw):
     seq = nn.Sequential(*conv_norm(kernel, 2, 3, pad='same', stride=stride, dilation=dilation))
     assert seq(torch.randn(1, 2, 9, 10)).shape[2:] == expect_hw
 
 
+@pytest.mark.parametrize('stride,dilation', [(1, 1), (1, 2), (2, 1), (2, 2)])
+@pytest.mark.parametrize('kernel', [1, 2, 3, 4, 5, 6, 7, (3, 5), (2, 3)])
+def test_pad_same_equals_timm_tf_same(kernel, stride, dilation):
+    """pad="same" is TensorFlow's SAME: equal to timm's create_conv2d(padding='same') on odd and even sizes."""
+    torch.manual_seed(0)
+    ref = timm.layers.create_conv2d(3, 4, kernel, stride=stride, dilation=dilation, padding='same', bias=True)
+    ours = conv_norm(kernel, 3, 4, None, norm_layer=None, pad='same', stride=stride, dilation=dilation)[0]
+    ours.load_state_dict(ref.state_dict())
+    for h, w in [(15, 15), (16, 16), (15, 16), (17, 12)]:
+        x = torch.randn(2, 3, h, w)
+        assert torch.equal(ours(x), ref(x)), (h, w)
+
+
+def test_pad_same_is_static_only_when_exact():
+    """Symmetric static padding where TF's SAME is symmetric for every input (stride 1, odd extent), else the
+    asymmetric padding is computed per input; at stride 2 it differs from the symmetric one."""
+    static = conv_norm(3, 4, 4, pad='same', dilation=2)[0]
+    assert type(static) is nn.Conv2d and static.padding == (2, 2)
+    dynamic = conv_norm(3, 4, 4, None, norm_layer=None, pad='same', stride=2)[0]
+    symmetric = conv_norm(3, 4, 4, None, norm_layer=None, pad='symmetric', stride=2)[0]
+    assert isinstance(dynamic, timm.layers.Conv2dSame) and symmetric.padding == (1, 1)
+    symmetric.load_state_dict(dynamic.state_dict())
+    x = torch.randn(1, 4, 16, 16)  # TF pads 0 on top / left and 1 at the bottom / right here
+    assert dynamic(x).shape == symmetric(x).shape == (1, 4, 8, 8)
+    assert not torch.allclose(dynamic(x), symmetric(x))
+    torch.testing.assert_close(dynamic(x), F.conv2d(F.pad(x, (0, 1, 0, 1)), dynamic.weight, dynamic.bias, 2))
+    assert list(dynamic.state_dict()) == ['weight', 'bias']  # same keys as nn.Conv2d
+
+
+@pytest.mark.parametrize('kernel,dilation,padding', [(3, 1, (1, 1)), (5, 2, (4, 4)), ((1, 7), 1, (0, 3)),
+                                                     (2, 2, (1, 1))])
+def test_pad_symmetric(kernel, dilation, padding):
+    conv = conv_norm(kernel, 4, 4, pad='symmetric', stride=2, dilation=dilation)[0]
+    assert type(conv) is nn.Conv2d and conv.padding == padding
+
+
 @pytest.mark.parametrize('kwargs,exc,match', [
     (dict(pad='valid'), ValueError, r"pad must be .* got 'valid'"),
-    (dict(pad='same', kernel_size=2, stride=2), ValueError, r'pad="same" with an even kernel_size=\(2, 2\) needs '
-                                                            r'stride=1, got stride=2'),
+    (dict(pad='symmetric', kernel_size=(3, 2)), ValueError, r'pad="symmetric" needs an odd kernel extent .* '
+                                                            r'kernel_size=\(3, 2\), dilation=1; use pad="same"'),
     (dict(pad=-1), ValueError, r'pad must be >= 0, got -1'),
     (dict(pad=(1, -1)), ValueError, r'pad must be .* got \(1, -1\)'),
     (dict(pad=(1, 2, 3)), ValueError, r'pad must be .* got \(1, 2, 3\)'),
@@ -256,10 +329,6 @@ def test_conv_norm_shape_property(h, w, kh, kw, stride, pad, dilation, same, nor
         return (n + 2 * p - dilation * (k - 1) - 1) // stride + 1
 
     if same:
-        if (kh % 2 == 0 or kw % 2 == 0) and stride > 1:
-            with pytest.raises(ValueError, match='pad="same"'):
-                conv_norm((kh, kw), 2, 4, pad='same', stride=stride, dilation=dilation)
-            return
         expect = ((h + stride - 1) // stride, (w + stride - 1) // stride)
     else:
         expect = (out(h, kh, pad), out(w, kw, pad))
@@ -268,8 +337,8 @@ def test_conv_norm_shape_property(h, w, kh, kw, stride, pad, dilation, same, nor
     kwargs = dict(revnorm=True, norm_layer=nn.BatchNorm2d) if norm == 'revnorm' else dict(norm_layer=norm)
     seq = nn.Sequential(*conv_norm((kh, kw), 2, 4, pad='same' if same else pad, stride=stride,
                                    dilation=dilation, **kwargs)).eval()
-    ref = nn.Conv2d(2, 4, (kh, kw), stride=stride, padding='same' if same and stride == 1 else
-                    (((kh - 1) * dilation // 2, (kw - 1) * dilation // 2) if same else pad), dilation=dilation)
+    ref = timm.layers.create_conv2d(2, 4, (kh, kw), stride=stride, padding='same' if same else pad,
+                                    dilation=dilation)
     x = torch.randn(1, 2, h, w)
     assert seq(x).shape == (1, 4, *expect) == ref(x).shape
 
@@ -298,6 +367,13 @@ def test_basic_conv_bn_matches_conv_norm_with_tf_eps():
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 4, 5, 5)
     assert torch.equal(a(x), b(x))
+
+
+def test_basic_conv_bn_passes_init_and_checks_batchnorm():
+    conv = basic_conv_bn(3, 4, 8, init=nn.init.ones_)[0]
+    assert torch.equal(conv.weight, torch.ones(8, 4, 3, 3))
+    with pytest.raises(TypeError, match=r"batchnorm must be True or False, got 'no'"):
+        basic_conv_bn(3, 4, 8, batchnorm='no')
 
 
 def test_basic_conv_bn_rejects_norm_layer():

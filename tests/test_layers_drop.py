@@ -398,3 +398,33 @@ def test_linear_scheduler_bad_arguments(args, kwargs, exc, match):
 def test_linear_scheduler_needs_depth_keyword():
     with pytest.raises(TypeError):
         linear_scheduler(0.1, 4)  # depth is keyword-only, as in the guide
+
+
+# ---------------------------------------------------------------- bad values at build, empty batches
+
+@pytest.mark.parametrize('gamma_scale,exc,match', [
+    (float('nan'), ValueError, r'gamma_scale must be a finite number, got nan'),
+    (float('inf'), ValueError, r'gamma_scale must be a finite number, got inf'),
+    (True, TypeError, r'gamma_scale must be a number, got True'),
+])
+def test_gamma_scale_rejected_at_build(gamma_scale, exc, match):
+    with pytest.raises(exc, match=match):
+        DropBlock(0.1, 3, gamma_scale)
+    with pytest.raises(exc, match=match):
+        dropblock(torch.ones(1, 1, 4, 4), 0.1, 3, gamma_scale)
+
+
+@pytest.mark.parametrize('value', ['no', 1, None])
+def test_dropblock_active_must_be_bool(value):
+    with pytest.raises(TypeError, match=f'active must be True or False, got {value!r}'):
+        dropblock(torch.ones(1, 1, 4, 4), 0.1, 3, 1.0, value)
+
+
+@pytest.mark.parametrize('shape', [(0, 4, 14, 14), (2, 0, 14, 14), (2, 4, 0, 7)])
+@pytest.mark.parametrize('couple_channels', [False, True])
+@pytest.mark.parametrize('prob', [0.1, 1.0])
+def test_dropblock_empty_input_returns_it(shape, couple_channels, prob):
+    x = torch.randn(shape)
+    y = DropBlock(prob, 7, couple_channels=couple_channels).train()(x)
+    assert y.shape == x.shape and y.numel() == 0
+    assert dropblock(x, prob, 3, couple_channels=couple_channels).shape == x.shape

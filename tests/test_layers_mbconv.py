@@ -5,10 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
+from timm.layers import Conv2dSame, make_divisible
+from timm.models._efficientnet_blocks import (ConvBnAct, DepthwiseSeparableConv, EdgeResidual, InvertedResidual,
+                                              SqueezeExcite)
 from timm.models._efficientnet_builder import round_channels
 
-from timm_metalayers.layers import MBConv, SqueezeExcite as OurSE, StochasticDepth, dwsep_conv_norm, mbconv
+from timm_metalayers.layers import (FusedMBConv, MBConv, SqueezeExcite as OurSE, StochasticDepth, dwsep_conv_norm,
+                                    fused_mbconv, mbconv)
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -17,6 +20,21 @@ def _one_thread():
     torch.set_num_threads(1)  # the test machine is shared; small convs are faster single-threaded
     yield
     torch.set_num_threads(threads)
+
+
+def _load_from_timm(ours: nn.Module, ref: nn.Module, parts: dict) -> None:
+    """Randomise timm's block and load its weights into ours, renaming each module prefix by ``parts``."""
+    _randomize(ref)
+    state = {}
+    for key, value in ref.state_dict().items():
+        prefix, leaf = key.rsplit('.', 1)
+        state[f'{parts[prefix]}.{leaf}'] = value
+    ours.load_state_dict(state)
+
+
+# timm's SE of an inverted residual, as MobileNetV3 builds it (our MBCONV_SE_DEFAULTS)
+MOBILE_SE = functools.partial(SqueezeExcite, rd_ratio=0.25, gate_layer='hard_sigmoid', force_act_layer=nn.ReLU,
+                              rd_round_fn=round_channels)
 
 
 def _randomize(module: nn.Module) -> None:
@@ -55,12 +73,12 @@ def test_dwsep_conv_norm_options():
 
 def test_dwsep_conv_norm_matches_timm_ds_block():
     ref = DepthwiseSeparableConv(16, 24, dw_kernel_size=3, stride=2, act_layer=nn.ReLU).eval()
-    ours = nn.Sequential(*dwsep_conv_norm(3, 16, 24, 'relu', pw_activation=None, stride=2, pad='same')).eval()
+    ours = nn.Sequential(*dwsep_conv_norm(3, 16, 24, 'relu', pw_activation=None, stride=2, pad='symmetric')).eval()
     _randomize(ref)
     mapping = {'conv_dw': '0', 'bn1': '1', 'conv_pw': '3', 'bn2': '4'}
     state = {mapping[k.split('.')[0]] + k[k.index('.'):]: v for k, v in ref.state_dict().items()}
     ours.load_state_dict(state)
-    x = torch.randn(2, 16, 15, 15)
+    x = torch.randn(2, 16, 16, 16)  # even: TF's SAME would pad asymmetrically here
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 
@@ -126,20 +144,12 @@ def test_mbconv_se_width_as_timm():
 
 @pytest.mark.parametrize('stride,inplanes,outplanes', [(1, 24, 24), (2, 24, 40)])
 def test_mbconv_matches_timm_inverted_residual(stride, inplanes, outplanes):
-    se_layer = functools.partial(  # as timm's MobileNetV3 builds its SE
-        SqueezeExcite, rd_ratio=0.25, gate_layer='hard_sigmoid', force_act_layer=nn.ReLU, rd_round_fn=round_channels)
     ref = InvertedResidual(inplanes, outplanes, dw_kernel_size=5, stride=stride, exp_ratio=3.0,
-                           act_layer=nn.Hardswish, se_layer=se_layer).eval()
+                           act_layer=nn.Hardswish, se_layer=MOBILE_SE).eval()
     ours = mbconv(5, inplanes, inplanes * 3, outplanes, 'hard_swish', stride=stride, reduction=4).eval()
-    _randomize(ref)
-    parts = {'conv_pw': 'expand.0', 'bn1': 'expand.1', 'conv_dw': 'dw.0', 'bn2': 'dw.1',
-             'se.conv_reduce': 'se.reduce.0', 'se.conv_expand': 'se.expand.0', 'conv_pwl': 'project.0',
-             'bn3': 'project.1'}
-    state = {}
-    for key, value in ref.state_dict().items():
-        prefix, leaf = key.rsplit('.', 1)
-        state[f'{parts[prefix]}.{leaf}'] = value
-    ours.load_state_dict(state)
+    _load_from_timm(ours, ref, {'conv_pw': 'expand.0', 'bn1': 'expand.1', 'conv_dw': 'dw.0', 'bn2': 'dw.1',
+                                'se.conv_reduce': 'se.reduce.0', 'se.conv_expand': 'se.expand.0',
+                                'conv_pwl': 'project.0', 'bn3': 'project.1'})
     x = torch.randn(2, inplanes, 14, 14)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
@@ -164,3 +174,101 @@ def test_mbconv_errors():
         mbconv(3, 16, 48, 16, se_kwargs=dict(gate_layer='sigmoid'))
     with pytest.raises(TypeError, match='se_kwargs'):
         mbconv(3, 16, 48, 16, reduction=4, se_kwargs='sigmoid')
+
+
+# ------------------------------------------------------------------------------------------ fused_mbconv
+
+EDGE_RESIDUAL_PARTS = {'conv_exp': 'expand.0', 'bn1': 'expand.1', 'se.conv_reduce': 'se.reduce.0',
+                       'se.conv_expand': 'se.expand.0', 'conv_pwl': 'project.0', 'bn2': 'project.1'}
+
+
+@pytest.mark.parametrize('stride,inplanes,outplanes,pad,with_se', [
+    (1, 24, 24, 'same', False), (2, 24, 48, 'same', False), (2, 16, 32, '', True), (1, 16, 24, '', False),
+])
+def test_fused_mbconv_matches_timm_edge_residual(stride, inplanes, outplanes, pad, with_se):
+    """EfficientNetV2's 'er' blocks: timm's EdgeResidual with the same weights gives the same output."""
+    ref = EdgeResidual(inplanes, outplanes, exp_kernel_size=3, stride=stride, exp_ratio=4.0, pad_type=pad,
+                       act_layer=nn.SiLU, se_layer=MOBILE_SE if with_se else None).eval()
+    ours = fused_mbconv(3, inplanes, make_divisible(inplanes * 4), outplanes, 'silu', stride=stride,
+                        pad='same' if pad == 'same' else 'symmetric', reduction=4 if with_se else None).eval()
+    _load_from_timm(ours, ref, EDGE_RESIDUAL_PARTS)
+    assert ours.has_skip == ref.has_skip == (stride == 1 and inplanes == outplanes)
+    for size in (15, 16):
+        x = torch.randn(2, inplanes, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('stride,inplanes,outplanes', [(1, 24, 24), (2, 24, 32)])
+def test_fused_mbconv_expansion_one_matches_timm_conv_bn_act(stride, inplanes, outplanes):
+    """Expansion 1 (explanes == inplanes): one conv_norm to outplanes, as timm's 'cn_..._skip' stage-0 blocks
+    of tf_efficientnetv2_* (ConvBnAct with a skip) and Metalhead's fused_mbconv."""
+    ref = ConvBnAct(inplanes, outplanes, 3, stride=stride, pad_type='same', skip=True, act_layer=nn.SiLU).eval()
+    ours = fused_mbconv(3, inplanes, inplanes, outplanes, 'silu', stride=stride, pad='same').eval()
+    _load_from_timm(ours, ref, {'conv': 'expand.0', 'bn1': 'expand.1'})
+    assert isinstance(ours.project, nn.Identity) and ours.has_skip == ref.has_skip
+    for size in (15, 16):
+        x = torch.randn(2, inplanes, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_mbconv_named_parts():
+    block = fused_mbconv(3, 24, 96, 48, 'silu', stride=2, pad='same', reduction=4)
+    assert isinstance(block, FusedMBConv) and isinstance(block, MBConv) and not block.has_skip
+    assert [type(m) for m in block.expand] == [Conv2dSame, nn.BatchNorm2d, nn.SiLU]
+    assert block.expand[0].groups == 1 and block.expand[0].stride == (2, 2) and block.expand[0].out_channels == 96
+    assert isinstance(block.dw, nn.Identity) and isinstance(block.se, OurSE)
+    assert block.se.reduce[0].in_channels == 96
+    assert [type(m) for m in block.project] == [nn.Conv2d, nn.BatchNorm2d]  # linear projection
+    keys = {k.rsplit('.', 1)[0] for k in block.state_dict()}
+    assert keys == {'expand.0', 'expand.1', 'se.reduce.0', 'se.expand.0', 'project.0', 'project.1'}
+    single = fused_mbconv(3, 24, 24, 24, 'silu', reduction=4)  # SE on the single conv's output
+    assert single.se.reduce[0].in_channels == 24 and single.expand[0].out_channels == 24
+    assert {k.rsplit('.', 1)[0] for k in single.state_dict()} == {'expand.0', 'expand.1', 'se.reduce.0', 'se.expand.0'}
+
+
+@pytest.mark.parametrize('drop_path_prob', [None, 0.0, 0.3])
+def test_fused_mbconv_keys_do_not_depend_on_drop_path(drop_path_prob):
+    base = fused_mbconv(3, 24, 96, 24, 'silu').state_dict()
+    block = fused_mbconv(3, 24, 96, 24, 'silu', drop_path_prob=drop_path_prob)
+    assert list(block.state_dict()) == list(base)
+    assert isinstance(block.drop_path, StochasticDepth) and block.drop_path.p == (drop_path_prob or 0.0)
+
+
+def test_fused_mbconv_residual_and_stochastic_depth():
+    block = fused_mbconv(3, 8, 32, 8, 'silu', drop_path_prob=1.0)
+    x = torch.randn(2, 8, 6, 6)
+    block.train()
+    torch.testing.assert_close(block(x), x)  # the branch is always dropped
+    block.eval()
+    torch.testing.assert_close(block(x), block.project(block.expand(x)) + x)
+    assert not fused_mbconv(3, 8, 32, 8, no_skip=True).has_skip
+    assert not fused_mbconv(3, 8, 8, 16).has_skip and not fused_mbconv(3, 8, 32, 8, stride=2).has_skip
+
+
+def test_fused_mbconv_scriptable():
+    block = fused_mbconv(3, 16, 64, 16, 'silu', reduction=4, drop_path_prob=0.1, pad='same').eval()
+    x = torch.randn(1, 16, 9, 9)
+    torch.testing.assert_close(torch.jit.script(block)(x), block(x))
+
+
+@pytest.mark.parametrize('kwargs,exc,match', [
+    (dict(stride=2, drop_path_prob=0.2), ValueError, r'drop_path_prob=0\.2 needs a residual'),
+    (dict(explanes=0), ValueError, r'explanes must be > 0, got 0'),
+    (dict(no_skip=1), TypeError, r'no_skip must be True or False, got 1'),
+    (dict(se_kwargs=dict(gate_layer='sigmoid')), ValueError, r'se_kwargs=.* given without a reduction'),
+    (dict(pad='symmetric', kernel_size=2), ValueError, r'pad="symmetric" needs an odd kernel extent'),
+])
+def test_fused_mbconv_errors(kwargs, exc, match):
+    args = dict(kernel_size=3, inplanes=16, explanes=64, outplanes=16)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        fused_mbconv(**args)
+
+
+def test_mbconv_pad_same_is_tensorflow_and_default_is_symmetric():
+    """mbconv's default keeps the symmetric padding MobileNetV3 (timm's pad_type '') uses; pad="same" is TF's."""
+    assert mbconv(3, 16, 48, 24, stride=2).dw[0].padding == (1, 1)
+    tf_block = mbconv(3, 16, 48, 24, stride=2, pad='same')
+    assert isinstance(tf_block.dw[0], Conv2dSame) and tf_block(torch.randn(1, 16, 16, 16)).shape == (1, 24, 8, 8)

@@ -270,9 +270,53 @@ def test_layer_scale_nonpositive_is_identity(init_value):
     (lambda: LayerScale(8, 1e-5, dim=1)(torch.randn(2, 7, 8)), ValueError, r'planes=8, dim=1.*\[2, 7, 8\]'),
     (lambda: LayerScale(8, 1e-5, dim=3)(torch.randn(2, 8)), ValueError, r'planes=8, dim=3'),
     (lambda: LayerScale(0, 1e-5), ValueError, r'planes must be > 0, got 0'),
-    (lambda: LayerScale(8, '1e-5'), TypeError, r"init_value must be a number or None, got '1e-5'"),
+    (lambda: LayerScale(8, '1e-5'), TypeError, r"init_value must be a number, got '1e-5'"),
     (lambda: LayerScale(8, 1e-5, dim=1.0), TypeError, r'dim must be an int, got 1\.0'),
 ])
 def test_layer_scale_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ---------------------------------------------------------------- the guide's LayerNormV2(size..., λ); bad values at build
+
+@pytest.mark.parametrize('args,kwargs,shape,act', [
+    ((8, 'gelu'), {}, [8], F.gelu),
+    ((7, 7, nn.ReLU), {}, [7, 7], F.relu),
+    (((7, 7), 'relu'), {}, [7, 7], F.relu),
+    ((8, None), {}, [8], None),
+    ((8,), dict(activation='gelu'), [8], F.gelu),
+    ((8,), {}, [8], None),
+])
+def test_layernormv2_activation_positional_after_sizes(args, kwargs, shape, act):
+    ln = LayerNormV2(*args, **kwargs)
+    assert list(ln.normalized_shape) == shape and isinstance(ln.act, nn.Identity) == (act is None)
+    x = torch.randn(2, 3, *shape)
+    expected = F.layer_norm(x, shape, ln.weight, ln.bias, 1e-5)
+    torch.testing.assert_close(ln(x), expected if act is None else act(expected))
+
+
+def test_layernormv2_positional_function_activation():
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(LayerNormV2(8, torch.tanh)(x), torch.tanh(F.layer_norm(x, [8])))
+
+
+@pytest.mark.parametrize('call,exc,match', [
+    (lambda: LayerNormV2(8, 'gelu', activation='relu'), TypeError, r"activation twice: 'gelu' .* activation='relu'"),
+    (lambda: LayerNormV2(8, eps=0.0), ValueError, r'eps must be > 0 .* got 0\.0'),
+    (lambda: LayerNormV2(8, eps=-1e-5), ValueError, r'eps must be > 0 .* got -1e-05'),
+    (lambda: LayerNormV2(8, eps=float('nan')), ValueError, r'eps must be a finite number, got nan'),
+    (lambda: LayerNormV2(8, eps='1e-5'), TypeError, r"eps must be a number, got '1e-5'"),
+    (lambda: LayerNormV2(8, affine='no'), TypeError, r"affine must be True or False, got 'no'"),
+    (lambda: LayerNormV2(8, affine=1), TypeError, r'affine must be True or False, got 1'),
+    (lambda: LayerNormV2(8, affine=None), TypeError, r'affine must be True or False, got None'),
+    (lambda: ChannelLayerNorm(8, eps=0), ValueError, r'eps must be > 0'),
+    (lambda: ChannelLayerNorm(8, eps=float('nan')), ValueError, r'eps must be a finite number, got nan'),
+    (lambda: ChannelLayerNorm(8, affine='no'), TypeError, r"affine must be True or False, got 'no'"),
+    (lambda: ChannelLayerNorm(8, affine=None), TypeError, r'affine must be True or False, got None'),
+    (lambda: LayerScale(8, float('nan')), ValueError, r'init_value must be a finite number, got nan'),
+    (lambda: LayerScale(8, float('inf')), ValueError, r'init_value must be a finite number, got inf'),
+])
+def test_bad_norm_values_rejected_at_build(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

@@ -292,3 +292,16 @@ def test_guide_examples():
     # MobileNetV3-style expanded classifier
     head = create_classifier(64, 1280, 10, ('hard_swish', None), dropout_prob=0.2)
     assert head(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize('call', [
+    lambda: create_classifier(960, 10, hidden_planes=1280),
+    lambda: create_classifier(960, 10, ('relu', None), hidden_planes=1280),
+    lambda: create_classifier(960, hidden_planes=1280, nclasses=10),
+    lambda: create_classifier(960, 1280, 10),
+])
+def test_hidden_planes_keyword_with_positional_nclasses(call):
+    head = call()
+    assert list(head._modules) == ['global_pool', 'flatten', 'hidden', 'hidden_act', 'fc']
+    assert head.hidden.in_features == 960 and head.hidden.out_features == 1280 and head.fc.out_features == 10
+    assert head(torch.randn(2, 960, 7, 7)).shape == (2, 10)

@@ -184,8 +184,18 @@ def test_mlp_block_matches_timm_mlp():
 
 
 def test_mlp_block_errors():
-    with pytest.raises(ValueError, match='hidden_dim'):
+    with pytest.raises(ValueError, match='hidden_planes must be > 0, got 0'):
         mlp_block(8, 0)
+    with pytest.raises(ValueError, match='hidden_dim must be > 0, got 0'):
+        mlp_block(dim=8, hidden_dim=0)
+    with pytest.raises(ValueError, match='dropout_prob must be in'):
+        mlp_block(8, 16, dropout_prob=1.5)
+    with pytest.raises(TypeError, match="mlp_block got inplanes=8 and dim=8: they are the same argument"):
+        mlp_block(8, 16, dim=8)
+    with pytest.raises(TypeError, match="mlp_block got act_layer twice: 'gelu' .* and 'relu'"):
+        mlp_block(8, 16, 'gelu', act_layer='relu')
+    with pytest.raises(TypeError, match="mlp_block needs hidden_planes .or timm's hidden_dim."):
+        mlp_block(8)
     with pytest.raises(ValueError, match='drop'):
         mlp_block(8, 16, drop=2.0)
     with pytest.raises(ValueError, match='act_layer'):

@@ -1,4 +1,4 @@
-"""The Python examples of the README's Layers section run and their assertions hold."""
+"""The Python examples of the README's Layers and model-machinery sections run and their assertions hold."""
 import pathlib
 import re
 
@@ -7,11 +7,15 @@ import pytest
 README = pathlib.Path(__file__).resolve().parent.parent / 'README.md'
 
 
-def layers_section_blocks():
+def section_blocks(section: str):
     text = README.read_text(encoding='utf-8')
-    match = re.search(r'<!-- section:layers -->(.*?)<!-- /section:layers -->', text, re.S)
-    assert match, 'README.md has no <!-- section:layers --> ... <!-- /section:layers --> section'
+    match = re.search(rf'<!-- section:{section} -->(.*?)<!-- /section:{section} -->', text, re.S)
+    assert match, f'README.md has no <!-- section:{section} --> ... <!-- /section:{section} --> section'
     return re.findall(r'^```python\n(.*?)^```', match.group(1), re.S | re.M)
+
+
+def layers_section_blocks():
+    return section_blocks('layers')
 
 
 def test_layers_section_has_the_guide_examples():
@@ -32,3 +36,9 @@ def test_layers_section_has_code_blocks():
 def test_layers_section_block_runs(index):
     block = layers_section_blocks()[index]
     exec(compile(block, f'README.md[layers block {index}]', 'exec'), {'__name__': '__readme__'})
+
+
+def test_machinery_section_family_runs():
+    blocks = section_blocks('machinery')
+    assert len(blocks) == 1 and 'class TinyNet(TimmModel)' in blocks[0]
+    exec(compile(blocks[0], 'README.md[machinery]', 'exec'), {'__name__': '__readme__'})

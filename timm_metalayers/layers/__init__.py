@@ -1,12 +1,16 @@
 """Metalhead.jl's Layers module for PyTorch: building blocks that compose timm-style models."""
 from ._factory import ActivationFn, create_activation, create_norm, resolve_norm_layer
 from .classifier import ClassifierHead, HeadResetError, create_classifier
+from .chains import flatten_chains
+from .connections import ActAdd, AddAct, actadd, addact
 from .conv import basic_conv_bn, conv_norm
 from .drop import DropBlock, StochasticDepth, dropblock, linear_scheduler
 from .norm import ChannelLayerNorm, LayerNormV2, prenorm
 from .pool import AdaptiveMeanMaxPool, cat_channels, create_pool
-from .scale import LayerScale
-from .squeeze_excite import SqueezeExcite, squeeze_excite
+from .scale import InputScale, LayerScale, inputscale
+from .spatial_gating import SpatialGatingUnit
+from .squeeze_excite import EffectiveSqueezeExcite, SqueezeExcite, effective_squeeze_excite, squeeze_excite
+from .swapdims import SwapDims, swapdims
 from ._registry import register_with_timm
 
 register_with_timm()
@@ -16,14 +20,16 @@ __all__ = [
     'LayerScale', 'LayerNormV2', 'ChannelLayerNorm', 'prenorm',
     'DropBlock', 'dropblock', 'StochasticDepth', 'linear_scheduler',
     'AdaptiveMeanMaxPool', 'cat_channels', 'create_pool', 'create_classifier', 'ClassifierHead', 'HeadResetError',
-    'SqueezeExcite', 'squeeze_excite',
+    'SqueezeExcite', 'squeeze_excite', 'EffectiveSqueezeExcite', 'effective_squeeze_excite',
+    'inputscale', 'InputScale', 'addact', 'actadd', 'AddAct', 'ActAdd', 'flatten_chains', 'swapdims', 'SwapDims',
     'ActivationFn', 'create_activation', 'create_norm', 'resolve_norm_layer',
 ]
 
-from .mbconv import MBConv, dwsep_conv_norm, mbconv
-__all__ += ['dwsep_conv_norm', 'mbconv', 'MBConv']
+from .mbconv import FusedMBConv, MBConv, dwsep_conv_norm, fused_mbconv, mbconv
+__all__ += ['dwsep_conv_norm', 'mbconv', 'MBConv', 'fused_mbconv', 'FusedMBConv']
 from .attention import MultiHeadSelfAttention
 from .embedding import ClassTokens, PatchEmbedding, ViPosEmbedding
-from .mlp import mlp_block
+from .mlp import gated_mlp_block, mlp_block
 
-__all__ += ['MultiHeadSelfAttention', 'PatchEmbedding', 'ClassTokens', 'ViPosEmbedding', 'mlp_block']
+__all__ += ['MultiHeadSelfAttention', 'PatchEmbedding', 'ClassTokens', 'ViPosEmbedding', 'mlp_block',
+            'gated_mlp_block', 'SpatialGatingUnit']

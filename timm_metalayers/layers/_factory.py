@@ -1,6 +1,8 @@
 """Turn the guide's flexible ``activation`` / ``norm_layer`` arguments into modules."""
 
 import inspect
+import math
+import numbers
 from typing import Callable, Optional, Union
 
 import torch
@@ -125,6 +127,15 @@ def check_probability(value: object, argname: str, *, allow_none: bool = True) -
                         f'got {value!r} of type {type(value).__name__}')
     if not 0.0 <= value <= 1.0:
         raise ValueError(f'{argname} must be in [0, 1], got {value}')
+    return float(value)
+
+
+def check_real(value: object, argname: str) -> float:
+    """Return ``value`` as a float if it is a finite real number (not a bool, NaN or infinity), else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f'{argname} must be a number, got {value!r} of type {type(value).__name__}')
+    if not math.isfinite(value):
+        raise ValueError(f'{argname} must be a finite number, got {value}')
     return float(value)
 
 

@@ -15,6 +15,7 @@ def register_with_timm() -> None:
     from .drop import DropBlock, StochasticDepth
     from .norm import ChannelLayerNorm, LayerNormV2
     from .scale import LayerScale
+    from .swapdims import SwapDims
 
     try:
         from timm.layers import create_norm
@@ -33,5 +34,5 @@ def register_with_timm() -> None:
         from timm.layers import register_notrace_module
     except ImportError:
         return
-    for module in (DropBlock, StochasticDepth, ChannelLayerNorm, LayerNormV2, LayerScale):
+    for module in (DropBlock, StochasticDepth, ChannelLayerNorm, LayerNormV2, LayerScale, SwapDims):
         register_notrace_module(module)

@@ -218,7 +218,8 @@ def create_classifier(inplanes: int, *args, **kwargs) -> 'ClassifierHead':
     Plain form ``create_classifier(inplanes, nclasses, activation=None, *, use_conv=False,
     pool_layer=avg, dropout_prob=None)``; hidden form ``create_classifier(inplanes, hidden_planes,
     nclasses, activations=("relu", None), *, use_conv=(False, False), pool_layer=avg, dropout_prob=None)``,
-    chosen by an int third argument (or ``hidden_planes=`` / ``activations=`` as keywords).
+    chosen by an int third argument (or ``hidden_planes=`` / ``activations=`` as keywords;
+    ``create_classifier(960, 10, hidden_planes=1280)`` is the hidden form with 10 classes).
 
     Args:
         inplanes: number of input feature maps.
@@ -242,6 +243,8 @@ def create_classifier(inplanes: int, *args, **kwargs) -> 'ClassifierHead':
                    or (len(args) >= 2 and isinstance(args[1], int) and not isinstance(args[1], bool))
                    or (len(args) == 1 and 'nclasses' in kwargs))
     if hidden_form:
+        if 'hidden_planes' in kwargs:  # create_classifier(960, 10, hidden_planes=1280): positionals after inplanes
+            return _create_hidden_classifier(inplanes, kwargs.pop('hidden_planes'), *args, **kwargs)  # start at nclasses
         return _create_hidden_classifier(inplanes, *args, **kwargs)
     return _create_plain_classifier(inplanes, *args, **kwargs)
 

@@ -1,30 +1,58 @@
 """Convolution + normalisation blocks: ``conv_norm`` and ``basic_conv_bn``."""
 
 import functools
-from typing import List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
+import torch
 from torch import nn
+from timm.layers import create_conv2d
 
-from ._factory import ActivationArg, NormArg, check_positive_int, create_activation, create_norm, pair, \
+from ._factory import ActivationArg, NormArg, check_bool, check_positive_int, create_activation, create_norm, pair, \
     resolve_norm_layer
 
 PadArg = Union[int, Tuple[int, int], str]
+InitArg = Optional[Callable[[torch.Tensor], Any]]
 
 
-def _conv_padding(pad: PadArg, kernel_size: Tuple[int, int], stride: int, dilation: int):
+def _create_conv(inplanes: int, outplanes: int, kernel_size: Tuple[int, int], *, stride: int, pad: PadArg,
+                 dilation: int, groups: int, bias: bool) -> nn.Conv2d:
+    """The convolution of ``conv_norm``: an ``nn.Conv2d``, or timm's ``Conv2dSame`` when TF "same" needs it."""
+    geometry = dict(stride=stride, dilation=dilation, groups=groups, bias=bias)
     if isinstance(pad, str):
-        if pad != 'same':
-            raise ValueError(f'pad must be an int, a pair of ints or "same", got {pad!r}')
-        if all(k % 2 == 1 for k in kernel_size):
-            return tuple(dilation * (k - 1) // 2 for k in kernel_size)
-        if stride == 1:
-            return 'same'
-        raise ValueError(f'pad="same" with an even kernel_size={kernel_size} needs stride=1, got stride={stride}')
+        if pad == 'same':
+            # TensorFlow's SAME: static symmetric padding when it is exact, else timm's Conv2dSame pads
+            # each input asymmetrically (the extra row / column at the end), as TF does.
+            return create_conv2d(inplanes, outplanes, kernel_size, padding='same', **geometry)
+        if pad == 'symmetric':
+            spans = tuple(dilation * (k - 1) for k in kernel_size)
+            if any(span % 2 for span in spans):
+                raise ValueError(f'pad="symmetric" needs an odd kernel extent dilation * (k - 1) + 1, got '
+                                 f'kernel_size={kernel_size}, dilation={dilation}; use pad="same" (TensorFlow\'s '
+                                 f'asymmetric padding) instead')
+            return nn.Conv2d(inplanes, outplanes, kernel_size, padding=tuple(span // 2 for span in spans), **geometry)
+        raise ValueError(f'pad must be an int, a pair of ints, "same" or "symmetric", got {pad!r}')
     if isinstance(pad, (tuple, list)):
         if len(pad) != 2 or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in pad):
-            raise ValueError(f'pad must be an int >= 0, a pair of them or "same", got {pad!r}')
-        return tuple(pad)
-    return check_positive_int(pad, 'pad', allow_zero=True)
+            raise ValueError(f'pad must be an int >= 0, a pair of them, "same" or "symmetric", got {pad!r}')
+        padding = tuple(pad)
+    else:
+        padding = check_positive_int(pad, 'pad', allow_zero=True)
+    return nn.Conv2d(inplanes, outplanes, kernel_size, padding=padding, **geometry)
+
+
+def _apply_init(conv: nn.Conv2d, init: InitArg) -> None:
+    """Initialise ``conv.weight`` with ``init``: in place (``nn.init.*_``) or from the tensor it returns."""
+    if init is None:
+        return
+    with torch.no_grad():
+        value = init(conv.weight)
+        if value is None or value is conv.weight:
+            return
+        if not isinstance(value, torch.Tensor) or value.shape != conv.weight.shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f'init must fill the weight in place or return a tensor of its shape '
+                             f'{tuple(conv.weight.shape)}, got {shape}')
+        conv.weight.copy_(value)
 
 
 def conv_norm(
@@ -41,6 +69,7 @@ def conv_norm(
         dilation: int = 1,
         groups: int = 1,
         bias: Optional[bool] = None,
+        init: InitArg = None,
 ) -> List[nn.Module]:
     """A convolution with its normalisation layer and activation, as a list to splat into ``nn.Sequential``.
 
@@ -54,8 +83,15 @@ def conv_norm(
             None (or ``nn.Identity``) means no normalisation.
         revnorm: put the normalisation before the convolution (it then normalises ``inplanes``).
         preact: put the activation before the normalisation (not together with ``revnorm``).
-        stride, pad, dilation, groups: as for ``nn.Conv2d``; ``pad`` may also be ``"same"``.
+        stride, dilation, groups: as for ``nn.Conv2d``.
+        pad: an int or ``(ph, pw)`` for zero padding on both sides; ``"same"`` for TensorFlow's SAME padding
+            (output ``ceil(H / stride)``, the extra row / column at the end when the total is odd, computed
+            per input size when the stride is above 1: timm's ``Conv2dSame``); ``"symmetric"`` for
+            ``dilation * (k - 1) // 2`` on every side (PyTorch / timm's default, Flux's ``SamePad``; odd kernels).
         bias: convolution bias; by default only when there is no normalisation layer.
+        init: initialisation of the conv weight (the guide's ``init``): a callable given the weight tensor
+            that fills it in place (``nn.init.kaiming_normal_``, ...) or returns a tensor of its shape;
+            None keeps PyTorch's default.
 
     Returns:
         ``[conv, norm, act]``; ``[norm, conv, act]`` with ``revnorm``; ``[conv, act, norm]`` with ``preact``;
@@ -71,6 +107,11 @@ def conv_norm(
         raise ValueError(f'groups={groups} must divide inplanes={inplanes} and outplanes={outplanes}')
     if bias is not None and not isinstance(bias, bool):
         raise TypeError(f'bias must be True, False or None, got {bias!r}')
+    check_bool(revnorm, 'revnorm')
+    check_bool(preact, 'preact')
+    if init is not None and not callable(init):
+        raise TypeError(f'init must be a callable given the conv weight (e.g. nn.init.kaiming_normal_) or None, '
+                        f'got {init!r}')
     norm_factory = resolve_norm_layer(norm_layer)
     if preact and revnorm:
         raise ValueError('preact=True and revnorm=True cannot be combined: preact puts the activation '
@@ -80,9 +121,9 @@ def conv_norm(
 
     if bias is None:
         bias = norm_factory is None
-    padding = _conv_padding(pad, kernel_size, stride, dilation)
-    conv = nn.Conv2d(inplanes, outplanes, kernel_size, stride=stride, padding=padding,
-                     dilation=dilation, groups=groups, bias=bias)
+    conv = _create_conv(inplanes, outplanes, kernel_size, stride=stride, pad=pad, dilation=dilation, groups=groups,
+                        bias=bias)
+    _apply_init(conv, init)
     act = create_activation(activation, inplace=True)
 
     if norm_factory is None:
@@ -110,8 +151,9 @@ def basic_conv_bn(
     Args:
         kernel_size, inplanes, outplanes, activation: as for ``conv_norm``.
         batchnorm: add ``BatchNorm2d(eps=1e-3)`` after the convolution; False gives a biased conv and no norm.
-        kwargs: passed on to ``conv_norm`` (``stride``, ``pad``, ...).
+        kwargs: passed on to ``conv_norm`` (``stride``, ``pad``, ``init``, ...).
     """
+    check_bool(batchnorm, 'batchnorm')
     if 'norm_layer' in kwargs:
         raise TypeError('basic_conv_bn chooses its own norm layer; use batchnorm=True/False, '
                         f'or conv_norm for norm_layer={kwargs["norm_layer"]!r}')

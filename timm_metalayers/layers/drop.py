@@ -1,19 +1,17 @@
 """Regularisers of the guide: ``DropBlock`` / ``dropblock``, ``StochasticDepth`` and ``linear_scheduler``."""
 
 import math
-import numbers
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._factory import check_bool, check_positive_int, check_probability
+from ._factory import check_bool, check_positive_int, check_probability, check_real
 
 
 def _check_gamma_scale(gamma_scale: object) -> float:
-    if isinstance(gamma_scale, bool) or not isinstance(gamma_scale, numbers.Real):
-        raise TypeError(f'gamma_scale must be a number, got {gamma_scale!r}')
+    gamma_scale = check_real(gamma_scale, 'gamma_scale')
     if gamma_scale < 0:
         raise ValueError(f'gamma_scale must be >= 0, got {gamma_scale}')
     return float(gamma_scale)
@@ -131,6 +129,8 @@ def _compiled_keep_mask(gaps: torch.Tensor, N: int, C: int, H: int, W: int, bh: 
 def _dropblock(x: torch.Tensor, drop_block_prob: float, block_size: int, gamma_scale: float,
                generator: Optional[torch.Generator] = None, couple_channels: bool = False) -> torch.Tensor:
     """The training-time computation; arguments are already validated and ``x`` is 4-D."""
+    if x.numel() == 0:  # an empty batch (or map): nothing to drop, and no mean to rescale by
+        return x
     N, C, H, W = x.shape
     if couple_channels:  # one mask per sample, broadcast over the channels
         C = 1
@@ -190,6 +190,7 @@ def dropblock(x: torch.Tensor, drop_block_prob: Optional[float], block_size: int
     gamma_scale = _check_gamma_scale(gamma_scale)
     _check_generator(generator)
     check_bool(couple_channels, 'couple_channels')
+    check_bool(active, 'active')
     _check_4d(x, 'dropblock')
     if not active or not drop_block_prob:
         return x

@@ -1,5 +1,5 @@
-"""Mobile blocks: ``dwsep_conv_norm`` (depthwise-separable conv) and ``mbconv`` (the inverted residual),
-both composed from ``conv_norm``."""
+"""Mobile blocks: ``dwsep_conv_norm`` (depthwise-separable conv), ``mbconv`` (the inverted residual) and
+``fused_mbconv`` (EfficientNetV2's fused inverted residual), all composed from ``conv_norm``."""
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -85,7 +85,7 @@ class MBConv(nn.Module):
         self.se = se
         self.project = project
         self.drop_path = drop_path
-        self.has_skip = has_skip
+        self.has_skip = check_bool(has_skip, 'has_skip')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -112,7 +112,7 @@ def mbconv(
         reduction: Optional[float] = None,
         se_kwargs: Optional[Dict[str, Any]] = None,
         norm_layer: NormArg = nn.BatchNorm2d,
-        pad: PadArg = 'same',
+        pad: PadArg = 'symmetric',
         dilation: int = 1,
         drop_path_prob: Optional[float] = None,
         no_skip: bool = False,
@@ -139,42 +139,120 @@ def mbconv(
         se_kwargs: options of ``squeeze_excite``, over ``MBCONV_SE_DEFAULTS``
             (ReLU squeeze, hard-sigmoid gate, width rounded to a multiple of 8 as timm's MobileNetV3).
         norm_layer: normalisation layer of every conv (see ``conv_norm``).
-        pad, dilation: of the depthwise conv; ``"same"`` (default) keeps ``H / stride``.
+        pad, dilation: of the depthwise conv; ``"symmetric"`` (default, timm's and Flux's ``SamePad``) keeps
+            ``H / stride``; ``"same"`` is TensorFlow's (asymmetric at stride 2, for TF-ported weights).
         drop_path_prob: stochastic-depth probability of the residual branch; needs a residual.
         no_skip: never add the input back, even when the shapes allow it.
 
     Returns:
         An ``MBConv`` module.
     """
-    check_positive_int(inplanes, 'inplanes')
-    check_positive_int(explanes, 'explanes')
-    check_positive_int(outplanes, 'outplanes')
-    check_positive_int(stride, 'stride')
-    check_bool(no_skip, 'no_skip')
-    drop_path_prob = check_probability(drop_path_prob, 'drop_path_prob')
-    has_skip = stride == 1 and inplanes == outplanes and not no_skip
-    if drop_path_prob and not has_skip:
-        raise ValueError(f'drop_path_prob={drop_path_prob} needs a residual connection (stride 1, inplanes == '
-                         f'outplanes, no_skip=False); got stride={stride}, inplanes={inplanes}, '
-                         f'outplanes={outplanes}, no_skip={no_skip}')
-    if se_kwargs is not None and not isinstance(se_kwargs, dict):
-        raise TypeError(f'se_kwargs must be a dict of squeeze_excite options or None, got {se_kwargs!r}')
-
+    parts = _ResidualParts(inplanes, explanes, outplanes, stride, reduction, se_kwargs, drop_path_prob, no_skip)
     if explanes != inplanes:
         expand = nn.Sequential(*conv_norm(1, inplanes, explanes, activation, norm_layer=norm_layer))
     else:
         expand = nn.Identity()
     dw = nn.Sequential(*conv_norm(kernel_size, explanes, explanes, activation, norm_layer=norm_layer,
                                   stride=stride, pad=pad, dilation=dilation, groups=explanes))
-    if reduction is not None:
-        se = squeeze_excite(explanes, reduction, **{**MBCONV_SE_DEFAULTS, **(se_kwargs or {})})
-    else:
-        if se_kwargs:
-            raise ValueError(f'se_kwargs={se_kwargs!r} given without a reduction: pass reduction= to add the SE')
-        se = nn.Identity()
     project = nn.Sequential(*conv_norm(1, explanes, outplanes, None, norm_layer=norm_layer))
-    drop_path = StochasticDepth(drop_path_prob) if has_skip else nn.Identity()
-    return MBConv(expand, dw, se, project, drop_path, has_skip)
+    return MBConv(expand, dw, parts.se, project, parts.drop_path, parts.has_skip)
 
 
-__all__ = ['dwsep_conv_norm', 'mbconv', 'MBConv', 'MBCONV_SE_DEFAULTS']
+class _ResidualParts:
+    """What ``mbconv`` and ``fused_mbconv`` share: argument checks, the SE module and the residual's drop path."""
+
+    def __init__(self, inplanes: int, explanes: int, outplanes: int, stride: int, reduction: Optional[float],
+                 se_kwargs: Optional[Dict[str, Any]], drop_path_prob: Optional[float], no_skip: bool,
+                 se_planes: Optional[int] = None):
+        check_positive_int(inplanes, 'inplanes')
+        check_positive_int(explanes, 'explanes')
+        check_positive_int(outplanes, 'outplanes')
+        check_positive_int(stride, 'stride')
+        check_bool(no_skip, 'no_skip')
+        drop_path_prob = check_probability(drop_path_prob, 'drop_path_prob')
+        self.has_skip = stride == 1 and inplanes == outplanes and not no_skip
+        if drop_path_prob and not self.has_skip:
+            raise ValueError(f'drop_path_prob={drop_path_prob} needs a residual connection (stride 1, inplanes == '
+                             f'outplanes, no_skip=False); got stride={stride}, inplanes={inplanes}, '
+                             f'outplanes={outplanes}, no_skip={no_skip}')
+        if se_kwargs is not None and not isinstance(se_kwargs, dict):
+            raise TypeError(f'se_kwargs must be a dict of squeeze_excite options or None, got {se_kwargs!r}')
+        if reduction is not None:
+            se_planes = explanes if se_planes is None else se_planes
+            self.se: nn.Module = squeeze_excite(se_planes, reduction, **{**MBCONV_SE_DEFAULTS, **(se_kwargs or {})})
+        else:
+            if se_kwargs:
+                raise ValueError(f'se_kwargs={se_kwargs!r} given without a reduction: pass reduction= to add the SE')
+            self.se = nn.Identity()
+        self.drop_path: nn.Module = StochasticDepth(drop_path_prob) if self.has_skip else nn.Identity()
+
+
+class FusedMBConv(MBConv):
+    """A fused inverted residual block: full kxk conv → [squeeze-excite] → project 1x1 [+ input].
+
+    Build it with ``fused_mbconv``. The named parts are ``MBConv``'s, with ``dw`` always an ``nn.Identity``:
+    ``expand`` is the full (not depthwise) ``conv_norm`` that carries the stride, ``project`` the linear 1x1
+    ``conv_norm`` (an ``nn.Identity`` in the expansion-1 form, where ``expand`` maps straight to ``outplanes``).
+    """
+
+    def __init__(self, expand: nn.Module, se: nn.Module, project: nn.Module, drop_path: nn.Module, has_skip: bool):
+        super().__init__(expand, nn.Identity(), se, project, drop_path, has_skip)
+
+
+def fused_mbconv(
+        kernel_size: Union[int, Tuple[int, int]],
+        inplanes: int,
+        explanes: int,
+        outplanes: int,
+        activation: ActivationArg = 'relu',
+        *,
+        stride: int = 1,
+        reduction: Optional[float] = None,
+        se_kwargs: Optional[Dict[str, Any]] = None,
+        norm_layer: NormArg = nn.BatchNorm2d,
+        pad: PadArg = 'symmetric',
+        dilation: int = 1,
+        drop_path_prob: Optional[float] = None,
+        no_skip: bool = False,
+) -> FusedMBConv:
+    """EfficientNetV2's fused inverted residual ("Fused-MBConv", timm's ``EdgeResidual``), from ``conv_norm``.
+
+    ``expand``: ``kernel_size`` full ``conv_norm`` ``inplanes → explanes`` with ``stride`` and ``activation``
+    (it replaces MBConv's 1x1 expansion and depthwise conv);
+    ``se``: ``squeeze_excite(explanes, reduction)`` when ``reduction`` is given;
+    ``project``: 1x1 ``conv_norm`` ``explanes → outplanes`` without activation.
+    With ``explanes == inplanes`` (expansion 1) the block is a single ``conv_norm`` ``inplanes → outplanes``
+    with ``activation`` and no projection, as Metalhead's ``fused_mbconv`` and timm's ``ConvBnAct`` stage of
+    EfficientNetV2. With ``stride == 1`` and ``inplanes == outplanes`` the input is added back after
+    ``StochasticDepth(drop_path_prob)``, as ``mbconv`` does.
+
+    Args:
+        kernel_size: kernel size of the fused conv (an int or ``(kh, kw)``).
+        inplanes: number of input feature maps.
+        explanes: number of expanded feature maps; ``inplanes`` for the expansion-1 form.
+        outplanes: number of output feature maps.
+        activation: activation of the fused conv.
+        stride: stride of the fused conv.
+        reduction: squeeze-excite reduction of the fused conv's output width; None for no SE.
+        se_kwargs: options of ``squeeze_excite``, over ``MBCONV_SE_DEFAULTS``.
+        norm_layer: normalisation layer of every conv (see ``conv_norm``).
+        pad, dilation: of the fused conv; ``"symmetric"`` (default) keeps ``H / stride``, ``"same"`` is TF's.
+        drop_path_prob: stochastic-depth probability of the residual branch; needs a residual.
+        no_skip: never add the input back, even when the shapes allow it.
+
+    Returns:
+        A ``FusedMBConv`` module.
+    """
+    fused_planes = outplanes if explanes == inplanes else explanes
+    parts = _ResidualParts(inplanes, explanes, outplanes, stride, reduction, se_kwargs, drop_path_prob, no_skip,
+                           se_planes=fused_planes)
+    expand = nn.Sequential(*conv_norm(kernel_size, inplanes, fused_planes, activation, norm_layer=norm_layer,
+                                      stride=stride, pad=pad, dilation=dilation))
+    if explanes == inplanes:
+        project: nn.Module = nn.Identity()
+    else:
+        project = nn.Sequential(*conv_norm(1, explanes, outplanes, None, norm_layer=norm_layer))
+    return FusedMBConv(expand, parts.se, project, parts.drop_path, parts.has_skip)
+
+
+__all__ = ['dwsep_conv_norm', 'mbconv', 'MBConv', 'fused_mbconv', 'FusedMBConv', 'MBCONV_SE_DEFAULTS']

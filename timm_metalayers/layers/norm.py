@@ -1,12 +1,16 @@
 """Normalisation layers of the guide: ``LayerNormV2``, ``ChannelLayerNorm`` and ``prenorm``."""
 
-from typing import Optional
+import numbers
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._factory import ActivationArg, NormArg, check_positive_int, create_activation, create_norm, resolve_norm_layer
+from ._factory import ActivationArg, NormArg, check_bool, check_positive_int, check_real, create_activation, \
+    create_norm, resolve_norm_layer
+
+_UNSET: Any = object()  # "activation not given as a keyword"
 
 
 def _activation_or_identity(activation: ActivationArg) -> nn.Module:
@@ -14,24 +18,45 @@ def _activation_or_identity(activation: ActivationArg) -> nn.Module:
     return nn.Identity() if act is None else act
 
 
+def _check_eps(eps: object) -> float:
+    eps = check_real(eps, 'eps')
+    if eps <= 0:
+        raise ValueError(f'eps must be > 0 (it keeps the division finite), got {eps}')
+    return eps
+
+
 class LayerNormV2(nn.LayerNorm):
     """PyTorch's LayerNorm (eps inside the square root) over the trailing ``size`` dims, then an activation.
 
+    The guide's ``LayerNormV2(size..., λ)``: ``LayerNormV2(768)``, ``LayerNormV2(7, 7)``, ``LayerNormV2(8, "gelu")``
+    (a last positional that is not an int is the activation) or ``LayerNormV2(8, activation="gelu")``.
+
     Args:
-        size: the trailing dimensions to normalise, e.g. ``LayerNormV2(768)`` or ``LayerNormV2(7, 7)``.
+        size: the trailing dimensions to normalise (ints, or one tuple of them), optionally followed by
+            the activation.
         activation: applied after the normalisation (None for none).
         affine: learn a per-element scale and shift.
-        eps: added to the variance before the square root.
+        eps: added to the variance before the square root; > 0.
     """
 
-    def __init__(self, *size: int, activation: ActivationArg = None, affine: bool = True, eps: float = 1e-5,
-                 device=None, dtype=None):
+    def __init__(self, *size_act: Union[int, Sequence[int], ActivationArg], activation: ActivationArg = _UNSET,
+                 affine: bool = True, eps: float = 1e-5, device=None, dtype=None):
+        size = size_act
+        if size and not isinstance(size[-1], (numbers.Number, tuple, list, torch.Size)):
+            if activation is not _UNSET:
+                raise TypeError(f'LayerNormV2 got the activation twice: {size[-1]!r} after the sizes and '
+                                f'activation={activation!r}')
+            size, activation = size[:-1], size[-1]
+        if activation is _UNSET:
+            activation = None
         if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
             size = tuple(size[0])
         if not size:
             raise ValueError('LayerNormV2 needs at least one size, got none')
         for s in size:
             check_positive_int(s, 'size')
+        check_bool(affine, 'affine')
+        eps = _check_eps(eps)
         super().__init__(size, eps=eps, elementwise_affine=affine, device=device, dtype=dtype)
         self.act = _activation_or_identity(activation)
 
@@ -51,7 +76,7 @@ class ChannelLayerNorm(nn.Module):
     Args:
         planes: number of channels of the input (the guide's ``sz``).
         activation: applied after the normalisation (None for none).
-        eps: added to the variance before the square root (PyTorch's convention).
+        eps: added to the variance before the square root (PyTorch's convention); > 0.
         affine: learn the per-channel scale (``weight``) and shift (``bias``).
     """
 
@@ -59,8 +84,8 @@ class ChannelLayerNorm(nn.Module):
                  affine: bool = True, device=None, dtype=None):
         super().__init__()
         self.planes = check_positive_int(planes, 'planes')
-        self.eps = float(eps)
-        if affine:
+        self.eps = _check_eps(eps)
+        if check_bool(affine, 'affine'):
             self.weight = nn.Parameter(torch.ones(planes, device=device, dtype=dtype))
             self.bias = nn.Parameter(torch.zeros(planes, device=device, dtype=dtype))
         else:

@@ -1,11 +1,12 @@
-"""``LayerScale``: a learnable per-channel scale (CaiT, "Going deeper with Image Transformers")."""
+"""Scales: ``LayerScale``, a learnable per-channel scale (CaiT, "Going deeper with Image Transformers"), and
+``inputscale``, a fixed scalar scale with an activation."""
 
 from typing import List, Optional
 
 import torch
 from torch import nn
 
-from ._factory import check_positive_int
+from ._factory import ActivationArg, check_positive_int, check_real, create_activation
 
 
 class LayerScale(nn.Module):
@@ -14,7 +15,7 @@ class LayerScale(nn.Module):
     Args:
         planes: size of the channel dimension of the input.
         init_value: initial value of every factor (the guide's λ); ``<= 0`` or None gives an identity
-            without parameters, as in Metalhead.
+            without parameters, as in Metalhead. NaN and infinities are refused.
         dim: the channel dimension: -1 for tokens ``(N, L, C)``, 1 for NCHW images.
     """
 
@@ -23,8 +24,8 @@ class LayerScale(nn.Module):
         self.planes = check_positive_int(planes, 'planes')
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f'dim must be an int, got {dim!r}')
-        if init_value is not None and (isinstance(init_value, bool) or not isinstance(init_value, (int, float))):
-            raise TypeError(f'init_value must be a number or None, got {init_value!r}')
+        if init_value is not None:
+            init_value = check_real(init_value, 'init_value')
         self.dim = dim
         self.init_value = init_value
         if init_value is not None and init_value > 0:
@@ -50,4 +51,30 @@ class LayerScale(nn.Module):
         return f'{self.planes}, init_value={self.init_value}, dim={self.dim}'
 
 
-__all__ = ['LayerScale']
+class InputScale(nn.Module):
+    """``activation(scale * x)`` with a fixed (not learned) scalar ``scale``; build it with ``inputscale``."""
+
+    def __init__(self, scale: float, activation: nn.Module):
+        super().__init__()
+        self.scale = check_real(scale, 'scale')
+        self.act = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x * self.scale)
+
+    def extra_repr(self) -> str:
+        return f'scale={self.scale}'
+
+
+def inputscale(scale: float, *, activation: ActivationArg = None) -> InputScale:
+    """Metalhead's ``inputscale(λ; activation)``: a layer computing ``activation(λ * x)``.
+
+    Args:
+        scale: the fixed factor λ (a finite number), e.g. the residual scale of Inception-ResNet.
+        activation: applied after scaling (any ``conv_norm`` activation form); None for none.
+    """
+    act = create_activation(activation)
+    return InputScale(scale, nn.Identity() if act is None else act)
+
+
+__all__ = ['LayerScale', 'InputScale', 'inputscale']

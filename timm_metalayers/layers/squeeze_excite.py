@@ -1,4 +1,4 @@
-"""Squeeze-and-excitation (Hu et al.), composed from ``conv_norm``."""
+"""Squeeze-and-excitation (Hu et al.), composed from ``conv_norm``, and its one-conv "effective" variant (eSE)."""
 from typing import Optional
 
 import torch
@@ -59,4 +59,35 @@ def squeeze_excite(inplanes: int, reduction: float = 16, *, rd_planes: Optional[
     return SqueezeExcite(inplanes, rd_planes, act_layer=act_layer, gate_layer=gate_layer, norm_layer=norm_layer)
 
 
-__all__ = ['SqueezeExcite', 'squeeze_excite']
+class EffectiveSqueezeExcite(nn.Module):
+    """Scale each channel by ``gate(fc(mean over H, W))``: one biased 1x1 conv, no reduction (CenterMask's eSE).
+
+    Build it with ``effective_squeeze_excite``. Parameter names are those of timm's ``EffectiveSEModule``
+    (``fc.weight``, ``fc.bias``), so its weights load unchanged.
+    """
+
+    def __init__(self, fc: nn.Conv2d, gate: nn.Module):
+        super().__init__()
+        self.fc = fc
+        self.gate = gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+def effective_squeeze_excite(inplanes: int, *, gate_activation: ActivationArg = 'sigmoid') -> EffectiveSqueezeExcite:
+    """The effective squeeze-and-excitation block of VoVNetV2 / CenterMask (https://arxiv.org/abs/1911.06667).
+
+    Global average pool → 1x1 conv ``inplanes → inplanes`` with bias → ``gate_activation`` → multiply the input.
+
+    Args:
+        inplanes: number of channels of the input (and output).
+        gate_activation: the gate; ``"sigmoid"`` as in Metalhead (timm's ``EffectiveSEModule`` defaults to
+            ``"hard_sigmoid"``); any ``conv_norm`` activation form, None for no gate.
+    """
+    check_positive_int(inplanes, 'inplanes')
+    gate = create_activation(gate_activation, argname='gate_activation')
+    return EffectiveSqueezeExcite(nn.Conv2d(inplanes, inplanes, 1, bias=True), nn.Identity() if gate is None else gate)
+
+
+__all__ = ['SqueezeExcite', 'squeeze_excite', 'EffectiveSqueezeExcite', 'effective_squeeze_excite']
