@@ -10,7 +10,20 @@ from ._factory import ActivationArg, check_bool, check_positive_int, check_proba
 from .pool import create_pool, pool_feat_mult
 
 PoolArg = Union[str, nn.Module, None]
+HiddenArg = Union[int, Tuple[int, ...], None]
 _DEFAULT_POOL = 'avg'
+
+
+def _hidden_widths(hidden_planes: HiddenArg) -> Tuple[int, ...]:
+    """The hidden layers' widths: none, one (an int) or several (a tuple)."""
+    if hidden_planes is None:
+        return ()
+    return tuple(hidden_planes) if isinstance(hidden_planes, (tuple, list)) else (hidden_planes,)
+
+
+def _hidden_name(i: int) -> str:
+    """``hidden``, ``hidden1``, ``hidden2``, ...: the first keeps the one-hidden-layer name."""
+    return 'hidden' if i == 0 else f'hidden{i}'
 
 
 def _projection(inplanes: int, outplanes: int, use_conv: bool) -> nn.Module:
@@ -21,13 +34,15 @@ def _projection(inplanes: int, outplanes: int, use_conv: bool) -> nn.Module:
     return nn.Linear(inplanes, outplanes)
 
 
-def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activations: Tuple, use_conv: Tuple,
-           pool_layer: PoolArg, dropout_prob: Optional[float]) -> 'ClassifierHead':
+def _build(inplanes: int, hidden_planes: HiddenArg, nclasses: int, activations: Tuple, use_conv: Tuple,
+           pool_layer: PoolArg, dropout_prob: Optional[float], pool_last: bool = False) -> 'ClassifierHead':
     check_positive_int(inplanes, 'inplanes')
     check_positive_int(nclasses, 'nclasses', allow_zero=True)
     dropout_prob = check_probability(dropout_prob, 'dropout_prob')
     pool = create_pool(pool_layer)
     first_conv = use_conv[0]
+    if pool_last:
+        return _build_pool_last(inplanes, nclasses, activations[-1], pool, pool_layer, dropout_prob)
     if pool is not None and first_conv:
         raise ValueError(f'use_conv={use_conv[0] if len(use_conv) == 1 else tuple(use_conv)} needs pool_layer=None: '
                          f'a 1x1 conv classifier works on the unpooled map, got pool_layer={pool_layer!r}')
@@ -37,6 +52,7 @@ def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activatio
     act_names = ('activation',) if hidden_planes is None else ('activations[0]', 'activations[1]')
     acts = [create_activation(a, inplace=(i == 0 and hidden_planes is not None), argname=n)
             for i, (a, n) in enumerate(zip(activations, act_names))]
+    widths = _hidden_widths(hidden_planes)
 
     layers = OrderedDict()
     features = inplanes
@@ -63,11 +79,13 @@ def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activatio
         if dropout_prob:
             layers['drop'] = nn.Dropout(dropout_prob)
     else:
-        add_projection('hidden', hidden_planes, use_conv[0])
-        if acts[0] is not None:
-            layers['hidden_act'] = acts[0]
-        if dropout_prob:
-            layers['drop'] = nn.Dropout(dropout_prob)
+        for i, width in enumerate(widths):  # each hidden layer: projection → activation → dropout
+            name, suffix = _hidden_name(i), '' if i == 0 else str(i)
+            add_projection(name, width, use_conv[0])
+            if acts[0] is not None:
+                layers[f'{name}_act'] = acts[0] if i == 0 else create_activation(activations[0], inplace=True)
+            if dropout_prob:
+                layers[f'drop{suffix}'] = nn.Dropout(dropout_prob)
     pre_logits_width = features
     add_projection('fc', nclasses, use_conv[-1])
     if acts[-1] is not None and nclasses:
@@ -75,6 +93,29 @@ def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activatio
     spec = _HeadSpec(inplanes, hidden_planes, nclasses, tuple(activations), tuple(use_conv), pool_layer,
                      dropout_prob)
     return ClassifierHead(layers, spec, pre_logits_width)
+
+
+def _build_pool_last(inplanes: int, nclasses: int, activation, pool: Optional[nn.Module], pool_layer: PoolArg,
+                     dropout_prob: Optional[float]) -> 'ClassifierHead':
+    """The classifier on the map, pooled last: dropout → 1x1 conv → activation → pool → flatten (SqueezeNet's).
+
+    Without classes it is dropout → pool → flatten, so ``pre_logits`` gives the pooled features."""
+    layers = OrderedDict()
+    if dropout_prob:
+        layers['drop'] = nn.Dropout(dropout_prob)
+    features = inplanes
+    if nclasses:
+        layers['fc'] = _projection(inplanes, nclasses, use_conv=True)
+        act = create_activation(activation, inplace=True)
+        if act is not None:
+            layers['act'] = act
+    if pool is not None:
+        layers['global_pool'] = pool
+        layers['flatten'] = nn.Flatten(1)
+        features *= pool_feat_mult(pool)
+    spec = _HeadSpec(inplanes, None, nclasses, (activation,), (True,), pool_layer, dropout_prob)
+    spec.pool_last = True
+    return ClassifierHead(layers, spec, features)
 
 
 class HeadResetError(AssertionError, ValueError):
@@ -87,17 +128,19 @@ class HeadResetError(AssertionError, ValueError):
 class _HeadSpec:
     """The arguments a head was built from, so that it can rebuild itself."""
 
-    def __init__(self, inplanes: int, hidden_planes: Optional[int], nclasses: int, activations: Tuple,
+    def __init__(self, inplanes: int, hidden_planes: HiddenArg, nclasses: int, activations: Tuple,
                  use_conv: Tuple, pool_layer: PoolArg, dropout_prob: Optional[float]):
         self.inplanes, self.hidden_planes, self.nclasses = inplanes, hidden_planes, nclasses
         self.activations, self.use_conv = activations, use_conv
         self.pool_layer, self.dropout_prob = pool_layer, dropout_prob
         self.conv_when_unpooled = False
+        self.pool_last = False
 
     def replace(self, **changes) -> '_HeadSpec':
         spec = _HeadSpec(self.inplanes, self.hidden_planes, self.nclasses, self.activations, self.use_conv,
                          self.pool_layer, self.dropout_prob)
         spec.conv_when_unpooled = self.conv_when_unpooled
+        spec.pool_last = self.pool_last
         for name, value in changes.items():
             setattr(spec, name, value)
         return spec
@@ -110,7 +153,7 @@ class _HeadSpec:
         if self.hidden_planes is None:  # a plain head, or a hidden one whose hidden layer was dropped
             activations, use_conv = activations[-1:], use_conv[-1:]
         head = _build(self.inplanes, self.hidden_planes, self.nclasses, activations, use_conv, self.pool_layer,
-                      self.dropout_prob)
+                      self.dropout_prob, pool_last=self.pool_last)
         head.spec.conv_when_unpooled = self.conv_when_unpooled
         return head
 
@@ -177,8 +220,10 @@ class ClassifierHead(nn.Sequential):
             new.to(dtype=reference.dtype)
         else:
             new = self.spec.replace(**changes).build()
-        if 'hidden' in self._modules and 'hidden' in new._modules:
-            new.hidden = _carry_hidden(self.hidden, new.hidden)
+        for i in range(len(_hidden_widths(self.spec.hidden_planes))):
+            name = _hidden_name(i)
+            if name in self._modules and name in new._modules:
+                new._modules[name] = _carry_hidden(self._modules[name], new._modules[name])
         new.train(self.training)
         self._modules.clear()
         self._modules.update(new._modules)
@@ -202,11 +247,11 @@ def _carry_hidden(old: nn.Module, new: nn.Module) -> nn.Module:
 @overload
 def create_classifier(inplanes: int, nclasses: int, activation: ActivationArg = None, *,
                       use_conv: bool = False, pool_layer: PoolArg = _DEFAULT_POOL,
-                      dropout_prob: Optional[float] = None) -> 'ClassifierHead': ...
+                      dropout_prob: Optional[float] = None, pool_last: bool = False) -> 'ClassifierHead': ...
 
 
 @overload
-def create_classifier(inplanes: int, hidden_planes: int, nclasses: int,
+def create_classifier(inplanes: int, hidden_planes: Union[int, Tuple[int, ...]], nclasses: int,
                       activations: Tuple[ActivationArg, ActivationArg] = ('relu', None), *,
                       use_conv: Tuple[bool, bool] = (False, False), pool_layer: PoolArg = _DEFAULT_POOL,
                       dropout_prob: Optional[float] = None) -> 'ClassifierHead': ...
@@ -216,14 +261,21 @@ def create_classifier(inplanes: int, *args, **kwargs) -> 'ClassifierHead':
     """Create a classifier head: pool → flatten → [hidden layer + activation] → dropout → output layer.
 
     Plain form ``create_classifier(inplanes, nclasses, activation=None, *, use_conv=False,
-    pool_layer=avg, dropout_prob=None)``; hidden form ``create_classifier(inplanes, hidden_planes,
-    nclasses, activations=("relu", None), *, use_conv=(False, False), pool_layer=avg, dropout_prob=None)``,
-    chosen by an int third argument (or ``hidden_planes=`` / ``activations=`` as keywords;
-    ``create_classifier(960, 10, hidden_planes=1280)`` is the hidden form with 10 classes).
+    pool_layer=avg, dropout_prob=None, pool_last=False)``; hidden form ``create_classifier(inplanes,
+    hidden_planes, nclasses, activations=("relu", None), *, use_conv=(False, False), pool_layer=avg,
+    dropout_prob=None)``, chosen by an int third argument or a tuple second one (or ``hidden_planes=`` /
+    ``activations=`` as keywords; ``create_classifier(960, 10, hidden_planes=1280)`` is the hidden form with
+    10 classes).
+
+    ``hidden_planes`` may be a tuple of widths: several hidden layers (``hidden``, ``hidden1``, ...), each
+    followed by its activation (``hidden_act``, ``hidden1_act``, ...) and dropout (``drop``, ``drop1``, ...),
+    as AlexNet's and VGG's two 4096-wide layers. ``pool_last=True`` (plain form, ``use_conv=True``) runs the
+    1x1 conv classifier on the map and pools after it: dropout → ``fc`` → activation → pool → flatten, as
+    SqueezeNet's head.
 
     Args:
         inplanes: number of input feature maps.
-        hidden_planes: width of the extra hidden layer (hidden form only).
+        hidden_planes: width of the extra hidden layer, or a tuple of widths (hidden form only).
         nclasses: number of output classes; 0 leaves out the last layer (the head returns features).
         activation / activations: activation after the last layer; in the hidden form a pair for the
             hidden and the last layer.
@@ -241,6 +293,7 @@ def create_classifier(inplanes: int, *args, **kwargs) -> 'ClassifierHead':
     """
     hidden_form = ('hidden_planes' in kwargs or 'activations' in kwargs
                    or (len(args) >= 2 and isinstance(args[1], int) and not isinstance(args[1], bool))
+                   or (len(args) >= 1 and isinstance(args[0], (tuple, list)))
                    or (len(args) == 1 and 'nclasses' in kwargs))
     if hidden_form:
         if 'hidden_planes' in kwargs:  # create_classifier(960, 10, hidden_planes=1280): positionals after inplanes
@@ -251,16 +304,27 @@ def create_classifier(inplanes: int, *args, **kwargs) -> 'ClassifierHead':
 
 def _create_plain_classifier(inplanes: int, nclasses: int, activation: ActivationArg = None, *,
                              use_conv: bool = False, pool_layer: PoolArg = _DEFAULT_POOL,
-                             dropout_prob: Optional[float] = None) -> 'ClassifierHead':
+                             dropout_prob: Optional[float] = None, pool_last: bool = False) -> 'ClassifierHead':
     check_bool(use_conv, 'use_conv')
-    return _build(inplanes, None, nclasses, (activation,), (use_conv,), pool_layer, dropout_prob)
+    check_bool(pool_last, 'pool_last')
+    if pool_last and not use_conv:
+        raise ValueError('pool_last=True needs use_conv=True: the 1x1 conv classifier runs on the map, '
+                         'the pool comes after it')
+    return _build(inplanes, None, nclasses, (activation,), (use_conv,), pool_layer, dropout_prob, pool_last)
 
 
-def _create_hidden_classifier(inplanes: int, hidden_planes: int, nclasses: int,
+def _create_hidden_classifier(inplanes: int, hidden_planes: Union[int, Sequence[int]], nclasses: int,
                               activations: Sequence[ActivationArg] = ('relu', None), *,
                               use_conv: Sequence[bool] = (False, False), pool_layer: PoolArg = _DEFAULT_POOL,
                               dropout_prob: Optional[float] = None) -> 'ClassifierHead':
-    check_positive_int(hidden_planes, 'hidden_planes')
+    if isinstance(hidden_planes, (tuple, list)):
+        if not hidden_planes:
+            raise ValueError('hidden_planes must be a width or a non-empty tuple of widths, got ()')
+        for i, width in enumerate(hidden_planes):
+            check_positive_int(width, f'hidden_planes[{i}]')
+        hidden_planes = tuple(hidden_planes)
+    else:
+        check_positive_int(hidden_planes, 'hidden_planes')
     if not isinstance(activations, (tuple, list)) or len(activations) != 2:
         raise ValueError(f'activations must be a pair (hidden, output), got {activations!r}')
     if not isinstance(use_conv, (tuple, list)) or len(use_conv) != 2:
