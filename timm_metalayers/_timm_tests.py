@@ -49,6 +49,14 @@ skip_timm_test(
     'The other metalayers_vit models run it; set TIMM_METALAYERS_SLOW_TESTS=1 to run it here too.',
     when=lambda: os.environ.get('TIMM_METALAYERS_SLOW_TESTS', '') != '1')
 
+# AlexNet: its head's hidden layers read the 6x6 pooled grid.
+skip_timm_test(
+    'test_model_default_cfgs', 'metalayers_alexnet',
+    'AlexNet\'s two hidden layers read a 6x6 pooled grid (256 x 36 features), so global_pool=\'\' (no pool) has '
+    'no meaning for its head: reset_classifier(0, \'\') raises HeadResetError and global_pool=\'\' a ValueError. '
+    'tests/test_torchvision_twins.py checks the rest of this test (pool_size, num_features, pre_logits and '
+    'num_classes=0 widths) on it.')
+
 
 def share_cores_among_xdist_workers() -> None:
     """In a pytest-xdist worker, give torch (and the processes it starts) its share of the CPU cores:

@@ -124,4 +124,6 @@ default_cfgs = torchvision_pretrained_cfgs({'metalayers_alexnet': ('alexnet', {}
 @register_model
 def metalayers_alexnet(pretrained: bool = False, **kwargs) -> AlexNet:
     """AlexNet (torchvision's ``alexnet``)."""
-    return build_family_model(alexnet, 'metalayers_alexnet', pretrained, checkpoint_filter_fn, **kwargs)
+    # four features (output strides 4, 8, 16, 32): timm's default out_indices would ask for five
+    return build_family_model(alexnet, 'metalayers_alexnet', pretrained, checkpoint_filter_fn,
+                              feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)

@@ -172,7 +172,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: SqueezeNet)
 
 
 def _create_squeezenet(variant: str, config: str, pretrained: bool = False, **kwargs) -> SqueezeNet:
-    return build_family_model(squeezenet, variant, pretrained, checkpoint_filter_fn, config=config, **kwargs)
+    # four features (output strides 2, 4, 8, 16): timm's default out_indices would ask for five
+    return build_family_model(squeezenet, variant, pretrained, checkpoint_filter_fn, config=config,
+                              feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
 
 
 default_cfgs = torchvision_pretrained_cfgs({
