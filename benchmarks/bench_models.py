@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Every ``metalayers_*`` model against its timm twin, side by side, in one process.
 
-For each registered ``metalayers_<name>`` (the twin is timm's ``<name>``), both models are built with the
+For each registered ``metalayers_<name>`` (the twin is timm's ``<name>``, or torchvision's model for the families
+timm does not have: ``torchvision:<name>``, from ``timm_metalayers.models._torchvision.TORCHVISION_TWINS``), both models are built with the
 same arguments (``drop_path_rate`` / ``drop_block_rate`` where both accept them), then measured in turn
 (ours, timm, ours, timm, ...), the median of ``--reps`` timed runs after warm-up:
 
@@ -59,7 +60,15 @@ FIGURES = [
 ]
 
 
+TORCHVISION = 'torchvision:'
+
+
 def twin_name(name: str) -> str:
+    """timm's model of the same name, or ``torchvision:<name>`` where the family names a torchvision twin."""
+    import timm_metalayers  # noqa: F401  (registers the models and their twins)
+    from timm_metalayers.models._torchvision import TORCHVISION_TWINS
+    if name in TORCHVISION_TWINS:
+        return TORCHVISION + TORCHVISION_TWINS[name][0]
     return name[len(PREFIX):]
 
 
@@ -81,6 +90,10 @@ def select_models(patterns: str) -> List[str]:
 def _create(name: str, kwargs: Dict[str, Any]) -> torch.nn.Module:
     import timm
     import timm_metalayers  # noqa: F401  (registers the models)
+    if name.startswith(TORCHVISION):
+        from timm_metalayers.models._torchvision import TORCHVISION_TWINS, create_torchvision_twin
+        ours = next(n for n, (tv, _) in TORCHVISION_TWINS.items() if tv == name[len(TORCHVISION):])
+        return create_torchvision_twin(ours, **kwargs)
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
@@ -123,14 +136,17 @@ def build_pair(name: str, args) -> Dict[str, Any]:
     if args.img_size:
         size = (args.img_size, args.img_size)
     else:
-        size = tuple(ref.pretrained_cfg['input_size'][1:])
+        import timm
+        # torchvision's models have no pretrained config: the input size of ours
+        size = tuple(timm.get_pretrained_cfg(name).input_size[1:])
     models = {}
     for impl, model in (('ours', ours), ('timm', ref)):
         model = model.to(args.device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         models[impl] = model
-    return dict(models=models, kwargs=kwargs, size=size, num_classes=ref.num_classes)
+    num_classes = getattr(ref, 'num_classes', None) or getattr(ours, 'num_classes', None) or 1000
+    return dict(models=models, kwargs=kwargs, size=size, num_classes=num_classes)
 
 
 def make_input(batch: int, size, args) -> torch.Tensor:
