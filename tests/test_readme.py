@@ -42,3 +42,16 @@ def test_machinery_section_family_runs():
     blocks = section_blocks('machinery')
     assert len(blocks) == 1 and 'class TinyNet(TimmModel)' in blocks[0]
     exec(compile(blocks[0], 'README.md[machinery]', 'exec'), {'__name__': '__readme__'})
+
+
+def test_torchvision_twins_section_runs():
+    blocks = section_blocks('torchvision')
+    assert 'squeezenet((3, 32' in blocks[0] and 'load_weights(' in blocks[1]
+    for i, block in enumerate(blocks):
+        exec(compile(block, f'README.md[torchvision block {i}]', 'exec'), {'__name__': '__readme__'})
+
+
+def test_unet_section_fine_tunes_on_synthetic_shapes():
+    blocks = section_blocks('unet')
+    assert len(blocks) == 1 and 'create_unet(' in blocks[0] and len(blocks[0].splitlines()) <= 35
+    exec(compile(blocks[0], 'README.md[unet]', 'exec'), {'__name__': '__readme__'})
