@@ -59,7 +59,8 @@ def test_forward_head_and_widths(built):
     pre_logits = model.forward_head(features, pre_logits=True)
     assert pre_logits.shape == (2, model.head_hidden_size)
     torch.testing.assert_close(model.forward_head(features), model(x))
-    assert model.get_classifier() is model.head.fc and model.get_classifier().out_features == NUM_CLASSES
+    fc = model.get_classifier()  # a Linear, or a 1x1 conv (SqueezeNet's classifier runs on the map)
+    assert fc is model.head.fc and (fc.out_channels if isinstance(fc, nn.Conv2d) else fc.out_features) == NUM_CLASSES
     assert model.num_classes == NUM_CLASSES
     cfg = model.pretrained_cfg
     for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier'):
