@@ -24,3 +24,13 @@ def _quiet_torch_trace_log():
     for handler in saved:
         if handler not in trace_log.handlers:
             trace_log.addHandler(handler)
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """One torch thread for a module's small convolutions (faster on the shared machine), restored after."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

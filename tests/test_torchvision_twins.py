@@ -30,12 +30,7 @@ TV_FIRST_CONV = {'metalayers_googlenet': 'conv1.conv.weight', 'metalayers_squeez
 SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'convert_torchvision.py'
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @functools.lru_cache(maxsize=None)

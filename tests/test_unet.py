@@ -14,12 +14,7 @@ from timm_metalayers.models.unet import UNet, create_unet, pixel_shuffle_icnr
 BACKBONES = ['metalayers_resnet18', 'metalayers_mobilenetv3_small_050', 'metalayers_googlenet']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @functools.lru_cache(maxsize=None)
