@@ -15,6 +15,7 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
 from huggingface_hub.file_download import _CACHED_NO_EXIST
 from huggingface_hub.utils import validate_repo_id
+from timm.models import resolve_pretrained_cfg
 
 from ..state_dict import HubLoadError
 from ._checks import PathLike
@@ -95,9 +96,8 @@ def pretrained_weights_error(error: BaseException, variant: str, build_kwargs: d
     ``build_kwargs`` are those ``build_model_with_cfg`` got (``pretrained_cfg``, ``pretrained_cfg_overlay``,
     ``cache_dir``); the tag's config is resolved the way timm resolves it.
     """
-    from timm.models import resolve_pretrained_cfg
-
-    cfg = resolve_pretrained_cfg(variant, build_kwargs.get('pretrained_cfg'), build_kwargs.get('pretrained_cfg_overlay'))
+    cfg = resolve_pretrained_cfg(variant, build_kwargs.get('pretrained_cfg'),
+                                 build_kwargs.get('pretrained_cfg_overlay'))
     if not cfg.hf_hub_id:
         return None
     repo_id, revision = parse_repo_spec(cfg.hf_hub_id)
