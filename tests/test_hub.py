@@ -167,6 +167,7 @@ def test_push_to_hub_then_create_model_gives_identical_logits(local_hub):
     # the checked loader
     checked = hub.create_model_from_hub('hf-hub:my-org/my-model')
     assert torch.equal(logits(checked), expected)
+    assert checked.pretrained_cfg == loaded.pretrained_cfg  # built from the same config.json as timm's hf-hub:
     checked = hub.create_model_from_hub('my-org/my-model', revision=info.oid)
     assert torch.equal(logits(checked), expected)
 
