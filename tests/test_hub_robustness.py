@@ -204,7 +204,7 @@ def test_pretrained_tag_missing_on_the_hub_names_the_repo(local_hub):
 # ------------------------------------------------------------------------------------------------
 # exported files follow the umask
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('umask', [0o022, 0o002, 0o077])
+@pytest.mark.parametrize('umask', [0o022, 0o002, 0o077], ids=['022', '002', '077'])
 def test_exported_files_follow_the_umask(tmp_path: Path, umask: int):
     old = os.umask(umask)
     try:
