@@ -213,3 +213,16 @@ def test_exported_files_follow_the_umask(tmp_path: Path, umask: int):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes == {name: 0o666 & ~umask for name in ('README.md', 'config.json', 'model.safetensors')}
+
+
+def test_local_files_only_never_asks_the_hub(local_hub, saved_dir: Path):
+    """Even the lookups that only word an error message stay off the network with local_files_only."""
+    local_hub.add_files('org/config-only', {'config.json': saved_dir / 'config.json'})
+    with pytest.raises(hub.MissingWeightsError, match="'org/config-only'"):
+        hub.create_model_from_hub('org/config-only')  # online: caches config.json and that the weights are missing
+    local_hub.clear_log()
+    with pytest.raises(hub.MissingWeightsError, match="'org/config-only'"):
+        hub.create_model_from_hub('org/config-only', local_files_only=True)
+    with pytest.raises(HubConnectionError, match="'config.json' of Hub repo 'org/never-seen'.*local_files_only=True"):
+        hub.create_model_from_hub('org/never-seen', local_files_only=True)
+    assert local_hub.state.requests == []
