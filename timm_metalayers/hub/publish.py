@@ -2,7 +2,6 @@
 
 Every file written follows the process umask (``safetensors`` itself creates its file with mode 0600).
 """
-import inspect
 import os
 import stat
 import tempfile
@@ -65,13 +64,10 @@ def _save_for_hf_kwargs(label_names: Optional[Labels], label_descriptions: Optio
     if label_descriptions is not None:
         model_config['label_descriptions'] = dict(label_descriptions)
     kwargs: Dict[str, Any] = {'model_config': model_config, 'safe_serialization': True}
-    params = inspect.signature(save_for_hf).parameters
-    for name, value in (('model_args', model_args), ('data_config', data_config)):
-        if value is None:
-            continue
-        if name not in params:
-            raise ValueError(f'{name} needs a newer timm (its save_for_hf has no {name})')
-        kwargs[name] = dict(value)
+    if model_args is not None:
+        kwargs['model_args'] = dict(model_args)
+    if data_config is not None:
+        kwargs['data_config'] = dict(data_config)
     return kwargs
 
 
