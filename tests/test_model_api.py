@@ -14,7 +14,7 @@ import timm
 from timm.models._features import FeatureGetterNet
 
 import timm_metalayers  # noqa: F401  (registers the models)
-from timm_metalayers.layers import ClassifierHead
+from timm_metalayers.layers import ClassifierHead, PatchEmbedding
 
 MODELS = sorted(timm.list_models('metalayers_*'))
 NUM_CLASSES = 7
@@ -40,7 +40,7 @@ def built(request) -> Tuple[nn.Module, torch.Tensor]:
     """(model in eval mode, a batch of 2 images it takes), built once: pytest groups the tests by model
     (one model alive at a time) and ``--dist loadgroup`` keeps a model's tests on one worker."""
     model = _build(request.param)
-    patch_embed = getattr(model, 'patch_embed', None)
+    patch_embed = next((m for m in model.modules() if isinstance(m, PatchEmbedding)), None)  # a fixed-size model
     size = tuple(patch_embed.img_size) if patch_embed is not None else _input_size(model)
     return model, torch.randn(2, model.in_chans, *size)
 

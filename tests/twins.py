@@ -1,0 +1,54 @@
+"""Helpers the family parity tests share: timm's model with random weights saved as safetensors, ours
+loaded from that file through ``pretrained=True``, and the full key mapping on the meta device."""
+import importlib
+from typing import Callable, Tuple
+
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from random_weights import randomize_weights
+
+
+def save_timm_checkpoint(ref: nn.Module, path) -> Tuple[nn.Module, str]:
+    """``ref`` with random weights (eval mode), saved as safetensors at ``path``."""
+    randomize_weights(ref)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    return ref, str(path)
+
+
+def timm_checkpoint(arch: str, path, **kwargs) -> Tuple[nn.Module, str]:
+    """timm's registered ``arch`` (``kwargs`` to ``create_model``) with random weights, saved at ``path``."""
+    return save_timm_checkpoint(timm.create_model(arch, **kwargs), path)
+
+
+def ours_pretrained(arch: str, path: str, **kwargs) -> nn.Module:
+    """Our twin of ``arch`` loaded from ``path`` the way users load timm's Hub weights, in eval mode."""
+    return timm.create_model(f'metalayers_{arch}', pretrained=True, pretrained_cfg_overlay=dict(file=path),
+                             **kwargs).eval()
+
+
+def load_through_filter(ours: nn.Module, ref: nn.Module) -> nn.Module:
+    """``ref``'s state dict loaded into ``ours`` through ``ours``'s family checkpoint filter (eval mode)."""
+    family = importlib.import_module(type(ours).__module__)
+    ours.load_state_dict(family.checkpoint_filter_fn(ref.state_dict(), ours))
+    return ours.eval()
+
+
+def assert_full_mapping(arch: str, checkpoint_filter_fn: Callable) -> None:
+    """Every key of timm's full-size ``arch`` maps onto ours with its shape; equal parameter counts (meta
+    device: nothing allocated)."""
+    with torch.device('meta'):
+        ref = timm.create_model(arch)
+        ours = timm.create_model(f'metalayers_{arch}')
+    mapped = checkpoint_filter_fn(ref.state_dict(), ours)
+    target = ours.state_dict()
+    assert set(mapped) == set(target)
+    assert all(mapped[k].shape == target[k].shape for k in target)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
