@@ -27,6 +27,7 @@ from ..layers import (Affine, LayerNormV2, LayerScale, PatchEmbedding, SkipConne
                       create_classifier, gated_mlp_block, linear_scheduler, mlp_block, swapdims)
 from ..layers._factory import (ActivationArg, NormArg, check_positive_int, check_probability, create_norm, pair,
                                resolve_norm_layer)
+from ..layers.pool import create_pool
 from ._base import TimmModel, device_context, tokens_to_map
 from ._helpers import build_family_model, remap_checkpoint, twin_pretrained_cfgs
 
@@ -132,6 +133,7 @@ class MlpMixer(TimmModel):
         check_positive_int(num_classes, 'num_classes', allow_zero=True)
         drop_rate = check_probability(drop_rate, 'drop_rate', allow_none=False)
         proj_drop_rate = check_probability(proj_drop_rate, 'proj_drop_rate', allow_none=False)
+        create_pool(global_pool, argname='global_pool', tokens=True)  # an error naming global_pool
         final_norm = resolve_norm_layer(norm_layer) or (Affine if block is resmlp_block else _LN)
         with device_context(device):
             self.stem = PatchEmbedding(img, patch, in_chans, embed_dim, norm_layer=final_norm if stem_norm else None,
