@@ -42,3 +42,11 @@ def test_machinery_section_family_runs():
     blocks = section_blocks('machinery')
     assert len(blocks) == 1 and 'class TinyNet(TimmModel)' in blocks[0]
     exec(compile(blocks[0], 'README.md[machinery]', 'exec'), {'__name__': '__readme__'})
+
+
+@pytest.mark.parametrize('section, call', [('convnext', 'convnext((2, 2, 4, 2)'), ('mlp-mixer', 'mlpmixer(resmlp_block')])
+def test_family_section_custom_build_runs(section, call):
+    """The one-call custom ConvNeXt and custom mixer of their README sections build and run."""
+    blocks = section_blocks(section)
+    assert len(blocks) == 1 and call in blocks[0]
+    exec(compile(blocks[0], f'README.md[{section}]', 'exec'), {'__name__': '__readme__'})
