@@ -10,11 +10,11 @@ from torch import nn
 from timm.models import mlp_mixer as timm_mixer
 
 import timm_metalayers  # noqa: F401  (registers the models)
-from timm_metalayers.layers import Affine, LayerScale, SkipConnection, StochasticDepth, linear_scheduler, mlp_block
+from timm_metalayers.layers import Affine, LayerScale, SkipConnection, linear_scheduler, mlp_block
 from timm_metalayers.models.mlp_mixer import (MlpMixer, checkpoint_filter_fn, mixer_block, mlpmixer, resmlp_block,
                                               spatial_gating_block)
-from timm_metalayers.state_dict import CheckpointMismatchError
-from twins import (assert_full_mapping, load_through_filter, max_diff, ours_pretrained, save_timm_checkpoint,
+from twins import (assert_filter_names_broken_keys, assert_full_mapping, assert_same_outputs,  # noqa: F401
+                   load_through_filter, max_diff, one_thread, ours_pretrained, save_timm_checkpoint,
                    timm_checkpoint)
 
 ARCHS = ['mixer_s16_224', 'mixer_b16_224', 'mixer_l16_224', 'resmlp_12_224', 'resmlp_24_224', 'resmlp_36_224',
@@ -27,14 +27,6 @@ KINDS = {
     'gmlp': (dict(mlp_ratio=6, block_layer=timm_mixer.SpatialGatingBlock, mlp_layer=timm.layers.GatedMlp),
              spatial_gating_block, dict(mlp_ratio=6)),
 }
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _small_pair(kind: str, **kwargs):
@@ -69,10 +61,7 @@ def test_parity_registered_through_pretrained_file(arch, tmp_path):
 def test_parity_small_of_each_kind(small):
     ref, ours = small
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert max_diff(ours(x), ref(x)) <= 1e-4
-        assert max_diff(ours.forward_head(ours.forward_features(x), pre_logits=True),
-                        ref.forward_head(ref.forward_features(x), pre_logits=True)) <= 1e-4
+    assert_same_outputs(ours, ref, x)
 
 
 def test_forward_intermediates_maps_and_tokens_match_timm(small):
@@ -118,10 +107,7 @@ def test_filter_names_broken_keys(small):
     key = next(k for k in sd if k.startswith('blocks.1.') and k.endswith('fc1.weight'))
     sd[key] = sd[key][:, :3]
     sd['blocks.0.extra.weight'] = torch.zeros(2)
-    with pytest.raises(CheckpointMismatchError) as err:
-        checkpoint_filter_fn(sd, ours)
-    assert 'fc1.weight' in str(err.value) and 'blocks.0.extra.weight' in str(err.value)
-    assert checkpoint_filter_fn(ours.state_dict(), ours).keys() == ours.state_dict().keys()
+    assert_filter_names_broken_keys(checkpoint_filter_fn, sd, ours, ['fc1.weight', 'blocks.0.extra.weight'])
 
 
 # ---------------------------------------------------------------- the fixed token count
