@@ -66,7 +66,7 @@ def _build(inplanes: int, hidden_planes: Optional[int], nclasses: int, activatio
             features = outplanes
 
     if hidden_planes is None:
-        if pool is not None and not first_conv:
+        if pool is not None and not first_conv and spatial:
             layers['flatten'] = nn.Flatten(1)
             spatial = False
         if dropout_prob:
