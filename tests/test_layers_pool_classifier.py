@@ -305,3 +305,56 @@ def test_hidden_planes_keyword_with_positional_nclasses(call):
     assert list(head._modules) == ['global_pool', 'flatten', 'hidden', 'hidden_act', 'fc']
     assert head.hidden.in_features == 960 and head.hidden.out_features == 1280 and head.fc.out_features == 10
     assert head(torch.randn(2, 960, 7, 7)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- a norm after the pool; token heads
+
+def test_classifier_norm_after_pool_and_reset_keeps_it():
+    from timm_metalayers.layers import ChannelLayerNorm, HeadResetError
+    head = create_classifier(8, 3, norm_layer=lambda c: ChannelLayerNorm(c, eps=1e-6))
+    assert list(head._modules) == ['global_pool', 'norm', 'flatten', 'fc']
+    x = torch.randn(2, 8, 5, 5)
+    pooled = x.mean((2, 3), keepdim=True)
+    expected = torch.nn.functional.layer_norm(pooled.flatten(1), (8,), eps=1e-6)
+    torch.testing.assert_close(head(x, pre_logits=True), expected)
+    norm = head.norm
+    head.reset(4)
+    assert head.norm is norm and head(x).shape == (2, 4)
+    with pytest.raises(HeadResetError, match='norm'):
+        head.reset(4, 'catavgmax')
+    head.reset(4, keep_hidden=False)  # timm's reset_other: the norm goes
+    assert 'norm' not in head._modules
+
+
+def test_token_head_pools_tokens():
+    from timm_metalayers.layers import TokenPool
+    tokens = torch.randn(2, 6, 8)
+    head = create_classifier(8, 3, tokens=True, pool_layer='avg')
+    assert isinstance(head.global_pool, TokenPool) and 'flatten' not in head._modules
+    torch.testing.assert_close(head(tokens, pre_logits=True), tokens.mean(1))
+    assert create_classifier(8, 3, tokens=True, pool_layer='max')(tokens, pre_logits=True).equal(tokens.amax(1))
+    assert create_classifier(8, 3, tokens=True, pool_layer='')(tokens).shape == (2, 6, 3)
+    with pytest.raises(ValueError, match='cannot pool tokens'):
+        create_classifier(8, 3, tokens=True, pool_layer='catavgmax')
+    with pytest.raises(ValueError, match='tokens'):
+        create_classifier(8, 3, tokens=True, pool_layer=None, use_conv=True)
+    with pytest.raises(ValueError, match='TokenPool expects tokens'):
+        TokenPool('avg')(torch.randn(2, 8, 3, 3))
+
+
+def test_skip_connection_affine_and_fixed_size_patch_embedding():
+    from timm_metalayers.layers import Affine, PatchEmbedding, SkipConnection
+    skip = SkipConnection(nn.Linear(4, 4), drop_path=0.5).eval()
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(skip(x), x + skip.branch(x))
+    assert list(dict(SkipConnection(nn.Linear(4, 4)).named_children())) == ['branch', 'drop_path']
+    with pytest.raises(TypeError, match='branch'):
+        SkipConnection(lambda t: t)
+    affine = Affine(4)
+    with torch.no_grad():
+        affine.alpha.fill_(2.0)
+        affine.beta.fill_(1.0)
+    torch.testing.assert_close(affine(x), 2 * x + 1)
+    embed = PatchEmbedding(32, 8, 3, 4, fixed_size_reason='the mixing is sized for 16 tokens')
+    with pytest.raises(ValueError, match=r'needs images of size \(32, 32\) \(the mixing.*img_size=\(16, 16\)'):
+        embed(torch.randn(1, 3, 16, 16))

@@ -16,7 +16,7 @@ import timm
 from timm.models._features import FeatureGetterNet
 
 import timm_metalayers  # noqa: F401  (registers the models)
-from timm_metalayers.layers import ClassifierHead
+from timm_metalayers.layers import ClassifierHead, PatchEmbedding
 
 MODELS = sorted(timm.list_models('metalayers_*'))
 
@@ -58,7 +58,7 @@ def _params(names):
 
 def _model_and_input(name: str) -> Tuple[nn.Module, torch.Tensor]:
     model = _build(name)
-    patch_embed = getattr(model, 'patch_embed', None)
+    patch_embed = next((m for m in model.modules() if isinstance(m, PatchEmbedding)), None)  # a fixed-size model
     size = tuple(patch_embed.img_size) if patch_embed is not None else _input_size(model)
     return model, torch.randn(2, model.in_chans, *size)
 

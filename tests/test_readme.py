@@ -55,3 +55,11 @@ def test_unet_section_fine_tunes_on_synthetic_shapes():
     blocks = section_blocks('unet')
     assert len(blocks) == 1 and 'create_unet(' in blocks[0] and len(blocks[0].splitlines()) <= 35
     exec(compile(blocks[0], 'README.md[unet]', 'exec'), {'__name__': '__readme__'})
+
+
+@pytest.mark.parametrize('section, call', [('convnext', 'convnext((2, 2, 4, 2)'), ('mlp-mixer', 'mlpmixer(resmlp_block')])
+def test_family_section_custom_build_runs(section, call):
+    """The one-call custom ConvNeXt and custom mixer of their README sections build and run."""
+    blocks = section_blocks(section)
+    assert len(blocks) == 1 and call in blocks[0]
+    exec(compile(blocks[0], f'README.md[{section}]', 'exec'), {'__name__': '__readme__'})

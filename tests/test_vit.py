@@ -9,6 +9,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
 from random_weights import randomize_weights
+from twins import assert_full_mapping
 from timm_metalayers.layers import LayerScale, StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -47,14 +48,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize('arch', ARCHS)
 def test_every_timm_key_maps_at_full_depth(arch):
     """The filter maps every key of timm's full-size model onto ours, shapes included (no weights allocated)."""
-    with torch.device('meta'):
-        ref = timm.create_model(arch)
-        ours = timm.create_model(f'metalayers_{arch}')
-    mapped = checkpoint_filter_fn(ref.state_dict(), ours)
-    target = ours.state_dict()
-    assert set(mapped) == set(target)
-    assert all(mapped[k].shape == target[k].shape for k in target)
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    assert_full_mapping(arch, checkpoint_filter_fn)
 
 
 @pytest.mark.parametrize('arch', ARCHS)

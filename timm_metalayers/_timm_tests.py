@@ -38,6 +38,14 @@ skip_timm_test(
     'there is no pool_size and global_pool="" cannot give a 4-D output. timm runs its own ViTs through '
     'test_model_default_cfgs_non_std instead (its "vit_*" filter misses the metalayers_ prefix); '
     'tests/test_vit.py runs those checks on these models.')
+# ResMLP and gMLP: token features, and timm's non-std filters ('resmlp_*', 'gmlp_*') miss the prefix.
+for _tokens_family in ('metalayers_resmlp_*', 'metalayers_gmlp_*'):
+    skip_timm_test(
+        'test_model_default_cfgs', _tokens_family,
+        'an MLP mixer\'s forward_features returns tokens (N, L, C), not a spatial map: there is no pool_size and '
+        'global_pool="" classifies every token (3-D output). timm runs its own resmlp_*/gmlp_* through '
+        'test_model_default_cfgs_non_std instead (its filters miss the metalayers_ prefix; its "*mixer_*" filter '
+        'does send metalayers_mixer_* there); tests/test_mlp_mixer.py checks the token outputs.')
 skip_timm_test('test_model_*_pretrained', 'metalayers_vit_*',
                'downloads the real weights from the Hub and tests never reach the network '
                '(TIMM_METALAYERS_HUB_TESTS=1 runs it)', when=hub_tests_off)

@@ -2,12 +2,12 @@
 from ._factory import ActivationFn, create_activation, create_norm, resolve_norm_layer
 from .classifier import ClassifierHead, HeadResetError, create_classifier
 from .chains import flatten_chains
-from .connections import ActAdd, AddAct, actadd, addact
+from .connections import ActAdd, AddAct, SkipConnection, actadd, addact
 from .conv import basic_conv_bn, conv_norm
 from .drop import DropBlock, StochasticDepth, dropblock, linear_scheduler
 from .norm import ChannelLayerNorm, LayerNormV2, prenorm
-from .pool import AdaptiveMeanMaxPool, cat_channels, create_pool
-from .scale import InputScale, LayerScale, inputscale
+from .pool import AdaptiveMeanMaxPool, TokenPool, cat_channels, create_pool
+from .scale import Affine, InputScale, LayerScale, inputscale
 from .spatial_gating import SpatialGatingUnit
 from .squeeze_excite import EffectiveSqueezeExcite, SqueezeExcite, effective_squeeze_excite, squeeze_excite
 from .swapdims import SwapDims, swapdims
@@ -17,11 +17,11 @@ register_with_timm()
 
 __all__ = [
     'conv_norm', 'basic_conv_bn',
-    'LayerScale', 'LayerNormV2', 'ChannelLayerNorm', 'prenorm',
+    'LayerScale', 'Affine', 'LayerNormV2', 'ChannelLayerNorm', 'prenorm',
     'DropBlock', 'dropblock', 'StochasticDepth', 'linear_scheduler',
-    'AdaptiveMeanMaxPool', 'cat_channels', 'create_pool', 'create_classifier', 'ClassifierHead', 'HeadResetError',
+    'AdaptiveMeanMaxPool', 'TokenPool', 'cat_channels', 'create_pool', 'create_classifier', 'ClassifierHead', 'HeadResetError',
     'SqueezeExcite', 'squeeze_excite', 'EffectiveSqueezeExcite', 'effective_squeeze_excite',
-    'inputscale', 'InputScale', 'addact', 'actadd', 'AddAct', 'ActAdd', 'flatten_chains', 'swapdims', 'SwapDims',
+    'inputscale', 'InputScale', 'addact', 'actadd', 'AddAct', 'ActAdd', 'SkipConnection', 'flatten_chains', 'swapdims', 'SwapDims',
     'ActivationFn', 'create_activation', 'create_norm', 'resolve_norm_layer',
 ]
 

@@ -14,7 +14,8 @@ def register_with_timm() -> None:
     _done = True
     from .drop import DropBlock, StochasticDepth
     from .norm import ChannelLayerNorm, LayerNormV2
-    from .scale import LayerScale
+    from .pool import TokenPool
+    from .scale import Affine, LayerScale
     from .swapdims import SwapDims
 
     try:
@@ -34,5 +35,5 @@ def register_with_timm() -> None:
         from timm.layers import register_notrace_module
     except ImportError:
         return
-    for module in (DropBlock, StochasticDepth, ChannelLayerNorm, LayerNormV2, LayerScale, SwapDims):
+    for module in (DropBlock, StochasticDepth, ChannelLayerNorm, LayerNormV2, LayerScale, SwapDims, Affine, TokenPool):
         register_notrace_module(module)

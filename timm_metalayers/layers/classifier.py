@@ -6,7 +6,8 @@ from typing import Optional, Sequence, Tuple, Union, overload
 import torch
 from torch import nn
 
-from ._factory import ActivationArg, check_bool, check_positive_int, check_probability, create_activation
+from ._factory import (ActivationArg, NormArg, check_bool, check_positive_int, check_probability, create_activation,
+                       create_norm, resolve_norm_layer)
 from .pool import create_pool, pool_feat_mult
 
 PoolArg = Union[str, nn.Module, None]
@@ -35,11 +36,17 @@ def _projection(inplanes: int, outplanes: int, use_conv: bool) -> nn.Module:
 
 
 def _build(inplanes: int, hidden_planes: HiddenArg, nclasses: int, activations: Tuple, use_conv: Tuple,
-           pool_layer: PoolArg, dropout_prob: Optional[float], pool_last: bool = False) -> 'ClassifierHead':
+           pool_layer: PoolArg, dropout_prob: Optional[float], norm_layer: NormArg = None,
+           tokens: bool = False, pool_last: bool = False) -> 'ClassifierHead':
     check_positive_int(inplanes, 'inplanes')
     check_positive_int(nclasses, 'nclasses', allow_zero=True)
     dropout_prob = check_probability(dropout_prob, 'dropout_prob')
-    pool = create_pool(pool_layer)
+    check_bool(tokens, 'tokens')
+    if tokens and any(use_conv):
+        raise ValueError(f'use_conv={use_conv if len(use_conv) > 1 else use_conv[0]} needs a map; tokens=True heads '
+                         'use Linear layers')
+    norm_factory = resolve_norm_layer(norm_layer)
+    pool = create_pool(pool_layer, tokens=tokens)
     first_conv = use_conv[0]
     if pool_last:
         return _build_pool_last(inplanes, nclasses, activations[-1], pool, pool_layer, dropout_prob)
@@ -58,10 +65,12 @@ def _build(inplanes: int, hidden_planes: HiddenArg, nclasses: int, activations: 
     features = inplanes
     # Is the tensor an NCHW map? After a pool it is; without one, a conv first layer means the input is a
     # map and a Linear first layer means the input is already (N, features).
-    spatial = pool is not None or first_conv
+    spatial = (pool is not None or first_conv) and not tokens
     if pool is not None:
         layers['global_pool'] = pool
-        features *= pool_feat_mult(pool)
+        features *= 1 if tokens else pool_feat_mult(pool)
+    if norm_factory is not None:
+        layers['norm'] = create_norm(norm_factory, features)
 
     def add_projection(name: str, outplanes: int, conv: bool) -> None:
         nonlocal features, spatial
@@ -73,7 +82,7 @@ def _build(inplanes: int, hidden_planes: HiddenArg, nclasses: int, activations: 
             features = outplanes
 
     if hidden_planes is None:
-        if pool is not None and not first_conv:
+        if pool is not None and not first_conv and spatial:
             layers['flatten'] = nn.Flatten(1)
             spatial = False
         if dropout_prob:
@@ -91,7 +100,7 @@ def _build(inplanes: int, hidden_planes: HiddenArg, nclasses: int, activations: 
     if acts[-1] is not None and nclasses:
         layers['act'] = acts[-1]
     spec = _HeadSpec(inplanes, hidden_planes, nclasses, tuple(activations), tuple(use_conv), pool_layer,
-                     dropout_prob)
+                     dropout_prob, norm_layer, tokens)
     return ClassifierHead(layers, spec, pre_logits_width)
 
 
@@ -129,16 +138,18 @@ class _HeadSpec:
     """The arguments a head was built from, so that it can rebuild itself."""
 
     def __init__(self, inplanes: int, hidden_planes: HiddenArg, nclasses: int, activations: Tuple,
-                 use_conv: Tuple, pool_layer: PoolArg, dropout_prob: Optional[float]):
+                 use_conv: Tuple, pool_layer: PoolArg, dropout_prob: Optional[float], norm_layer: NormArg = None,
+                 tokens: bool = False):
         self.inplanes, self.hidden_planes, self.nclasses = inplanes, hidden_planes, nclasses
         self.activations, self.use_conv = activations, use_conv
         self.pool_layer, self.dropout_prob = pool_layer, dropout_prob
+        self.norm_layer, self.tokens = norm_layer, tokens
         self.conv_when_unpooled = False
         self.pool_last = False
 
     def replace(self, **changes) -> '_HeadSpec':
         spec = _HeadSpec(self.inplanes, self.hidden_planes, self.nclasses, self.activations, self.use_conv,
-                         self.pool_layer, self.dropout_prob)
+                         self.pool_layer, self.dropout_prob, self.norm_layer, self.tokens)
         spec.conv_when_unpooled = self.conv_when_unpooled
         spec.pool_last = self.pool_last
         for name, value in changes.items():
@@ -148,18 +159,19 @@ class _HeadSpec:
     def build(self) -> 'ClassifierHead':
         use_conv = self.use_conv
         if self.conv_when_unpooled:
-            use_conv = (create_pool(self.pool_layer, argname='global_pool') is None,) * len(use_conv)
+            unpooled = create_pool(self.pool_layer, argname='global_pool', tokens=self.tokens) is None
+            use_conv = (unpooled,) * len(use_conv)
         activations = self.activations
         if self.hidden_planes is None:  # a plain head, or a hidden one whose hidden layer was dropped
             activations, use_conv = activations[-1:], use_conv[-1:]
         head = _build(self.inplanes, self.hidden_planes, self.nclasses, activations, use_conv, self.pool_layer,
-                      self.dropout_prob, pool_last=self.pool_last)
+                      self.dropout_prob, self.norm_layer, self.tokens, pool_last=self.pool_last)
         head.spec.conv_when_unpooled = self.conv_when_unpooled
         return head
 
 
 class ClassifierHead(nn.Sequential):
-    """What ``create_classifier`` returns: its layers in order (``global_pool``, ``flatten``, ``hidden``,
+    """What ``create_classifier`` returns: its layers in order (``global_pool``, ``norm``, ``flatten``, ``hidden``,
     ``hidden_act``, ``drop``, ``fc``, ``act``, those that apply), and what a model asks of its head.
 
     ``head(x, pre_logits=True)`` stops before the output layer (the features a linear probe sees);
@@ -199,7 +211,8 @@ class ClassifierHead(nn.Sequential):
         """Rebuild for ``num_classes`` (0: no output layer) in place.
 
         ``pool_layer=None`` keeps the current pool (``''`` removes it); ``inplanes`` changes the input width
-        (a pruned trunk), which drops the hidden layer, as does ``keep_hidden=False``. A kept hidden layer
+        (a pruned trunk), which drops the hidden layer and the norm, as does ``keep_hidden=False`` (timm's
+        ``reset_other``); a kept norm keeps its weights. A kept hidden layer
         keeps its weights and ``requires_grad`` (as a Linear or a 1x1 conv, as the new pool needs); a pool
         that changes the pooled width it takes raises ``HeadResetError``. New layers match the head's
         parameters' device and dtype (else ``reference``'s) and its train/eval mode.
@@ -212,7 +225,7 @@ class ClassifierHead(nn.Sequential):
             changes['inplanes'] = inplanes
             keep_hidden = False
         if not keep_hidden:
-            changes.update(hidden_planes=None)
+            changes.update(hidden_planes=None, norm_layer=None)
         reference = next(self.parameters(), reference)
         if reference is not None:
             with torch.device(reference.device):
@@ -224,6 +237,8 @@ class ClassifierHead(nn.Sequential):
             name = _hidden_name(i)
             if name in self._modules and name in new._modules:
                 new._modules[name] = _carry_hidden(self._modules[name], new._modules[name])
+        if 'norm' in self._modules and 'norm' in new._modules:
+            new.norm = _carry_norm(self.norm, new.norm)
         new.train(self.training)
         self._modules.clear()
         self._modules.update(new._modules)
@@ -244,17 +259,28 @@ def _carry_hidden(old: nn.Module, new: nn.Module) -> nn.Module:
     return new
 
 
+def _carry_norm(old: nn.Module, new: nn.Module) -> nn.Module:
+    """The trained norm in a rebuilt head; a pool that changes the width it normalises is an error."""
+    old_shapes = [p.shape for p in old.parameters()]
+    if old_shapes != [p.shape for p in new.parameters()]:
+        raise HeadResetError(f'the head\'s norm has parameters of shapes {[list(s) for s in old_shapes]}; the new '
+                             'pool gives another width: the pool can not change the pooled width of a built model')
+    return old
+
+
 @overload
 def create_classifier(inplanes: int, nclasses: int, activation: ActivationArg = None, *,
                       use_conv: bool = False, pool_layer: PoolArg = _DEFAULT_POOL,
-                      dropout_prob: Optional[float] = None, pool_last: bool = False) -> 'ClassifierHead': ...
+                      dropout_prob: Optional[float] = None, norm_layer: NormArg = None,
+                      tokens: bool = False, pool_last: bool = False) -> 'ClassifierHead': ...
 
 
 @overload
 def create_classifier(inplanes: int, hidden_planes: Union[int, Tuple[int, ...]], nclasses: int,
                       activations: Tuple[ActivationArg, ActivationArg] = ('relu', None), *,
                       use_conv: Tuple[bool, bool] = (False, False), pool_layer: PoolArg = _DEFAULT_POOL,
-                      dropout_prob: Optional[float] = None) -> 'ClassifierHead': ...
+                      dropout_prob: Optional[float] = None, norm_layer: NormArg = None,
+                      tokens: bool = False) -> 'ClassifierHead': ...
 
 
 def create_classifier(inplanes: int, *args, **kwargs) -> 'ClassifierHead':
@@ -284,11 +310,15 @@ def create_classifier(inplanes: int, *args, **kwargs) -> 'ClassifierHead':
             ``"catavgmax"``, ``"meanmax"``) or ``""``/None for no pooling.
         dropout_prob: dropout right after the pool (plain form) or after the hidden layer (hidden form);
             None for none.
+        norm_layer: a normalisation right after the pool (ConvNeXt's head: pool → norm → fc), a class,
+            ``planes -> module`` callable or timm name; None for none. Without a pool it normalises the map.
+        tokens: the head takes tokens ``(N, L, C)`` (the MLP mixers): pool names give a ``TokenPool`` over the
+            tokens; without a pool the layers apply to every token.
 
     A first layer with ``use_conv`` needs ``pool_layer=None`` (it works on the map); otherwise a ``ValueError``.
 
     Returns:
-        A ``ClassifierHead`` (an ``nn.Sequential`` that also answers ``pre_logits`` and ``reset``) with named entries ``global_pool``, ``flatten``, ``hidden``, ``hidden_act``,
+        A ``ClassifierHead`` (an ``nn.Sequential`` that also answers ``pre_logits`` and ``reset``) with named entries ``global_pool``, ``norm``, ``flatten``, ``hidden``, ``hidden_act``,
         ``drop``, ``fc``, ``act`` (those that apply), so weight names never depend on dropout or pooling.
     """
     hidden_form = ('hidden_planes' in kwargs or 'activations' in kwargs
@@ -304,19 +334,24 @@ def create_classifier(inplanes: int, *args, **kwargs) -> 'ClassifierHead':
 
 def _create_plain_classifier(inplanes: int, nclasses: int, activation: ActivationArg = None, *,
                              use_conv: bool = False, pool_layer: PoolArg = _DEFAULT_POOL,
-                             dropout_prob: Optional[float] = None, pool_last: bool = False) -> 'ClassifierHead':
+                             dropout_prob: Optional[float] = None, norm_layer: NormArg = None,
+                             tokens: bool = False, pool_last: bool = False) -> 'ClassifierHead':
     check_bool(use_conv, 'use_conv')
     check_bool(pool_last, 'pool_last')
     if pool_last and not use_conv:
         raise ValueError('pool_last=True needs use_conv=True: the 1x1 conv classifier runs on the map, '
                          'the pool comes after it')
-    return _build(inplanes, None, nclasses, (activation,), (use_conv,), pool_layer, dropout_prob, pool_last)
+    if pool_last and (norm_layer is not None or tokens):
+        raise ValueError('pool_last=True goes with neither norm_layer nor tokens=True')
+    return _build(inplanes, None, nclasses, (activation,), (use_conv,), pool_layer, dropout_prob, norm_layer, tokens,
+                  pool_last)
 
 
 def _create_hidden_classifier(inplanes: int, hidden_planes: Union[int, Sequence[int]], nclasses: int,
                               activations: Sequence[ActivationArg] = ('relu', None), *,
                               use_conv: Sequence[bool] = (False, False), pool_layer: PoolArg = _DEFAULT_POOL,
-                              dropout_prob: Optional[float] = None) -> 'ClassifierHead':
+                              dropout_prob: Optional[float] = None, norm_layer: NormArg = None,
+                              tokens: bool = False) -> 'ClassifierHead':
     if isinstance(hidden_planes, (tuple, list)):
         if not hidden_planes:
             raise ValueError('hidden_planes must be a width or a non-empty tuple of widths, got ()')
@@ -331,7 +366,8 @@ def _create_hidden_classifier(inplanes: int, hidden_planes: Union[int, Sequence[
         raise ValueError(f'use_conv must be a pair of bools (hidden, output), got {use_conv!r}')
     for i, flag in enumerate(use_conv):
         check_bool(flag, f'use_conv[{i}]')
-    return _build(inplanes, hidden_planes, nclasses, tuple(activations), tuple(use_conv), pool_layer, dropout_prob)
+    return _build(inplanes, hidden_planes, nclasses, tuple(activations), tuple(use_conv), pool_layer, dropout_prob,
+                  norm_layer, tokens)
 
 
 __all__ = ['create_classifier', 'ClassifierHead', 'HeadResetError']

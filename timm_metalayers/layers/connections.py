@@ -1,11 +1,12 @@
 """Metalhead's connection functions: how a residual block joins its branches (``addact``, ``actadd``)."""
 
-from typing import List, Union, overload
+from typing import List, Optional, Union, overload
 
 import torch
 from torch import nn
 
 from ._factory import ActivationArg, create_activation
+from .drop import StochasticDepth
 
 
 def _activation_module(activation: ActivationArg) -> nn.Module:
@@ -106,4 +107,27 @@ def actadd(activation: ActivationArg = 'relu', *xs: torch.Tensor) -> Union[ActAd
     return total
 
 
-__all__ = ['addact', 'actadd', 'AddAct', 'ActAdd']
+
+
+class SkipConnection(nn.Module):
+    """A residual block: ``x + drop_path(branch(x))`` (Flux's ``SkipConnection(branch, +)`` with stochastic
+    depth on the branch, as Metalhead's ConvNeXt, ConvMixer and MLP mixers build their blocks).
+
+    Args:
+        branch: the residual branch (keeps its input's shape).
+        drop_path: ``StochasticDepth`` probability of dropping the branch in training (None or 0: never);
+            the ``drop_path`` child exists either way, so the keys do not depend on it.
+    """
+
+    def __init__(self, branch: nn.Module, drop_path: Optional[float] = 0.0):
+        super().__init__()
+        if not isinstance(branch, nn.Module):
+            raise TypeError(f'branch must be an nn.Module, got {branch!r}')
+        self.branch = branch
+        self.drop_path = StochasticDepth(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.branch(x))
+
+
+__all__ = ['addact', 'actadd', 'AddAct', 'ActAdd', 'SkipConnection']

@@ -27,6 +27,9 @@ class PatchEmbedding(nn.Module):
         dynamic_img_size: accept any image size divisible by the patch size, not only ``img_size``.
         dynamic_img_pad: zero-pad the image on the bottom/right up to a multiple of the patch size.
         bias: learn a bias in the projection.
+        fixed_size_reason: why the model needs exactly ``img_size`` (e.g. its token mixing is sized for the
+            number of patches); the error for another image size then says so and names the size needed,
+            instead of suggesting ``dynamic_img_size``.
     """
     strict_img_size: torch.jit.Final[bool]
     dynamic_img_pad: torch.jit.Final[bool]
@@ -34,7 +37,8 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, img_size: Size2 = 224, patch_size: Size2 = 16, in_chans: int = 3, embed_dim: int = 768, *,
                  norm_layer: NormArg = None, flatten: bool = True, dynamic_img_size: bool = False,
-                 dynamic_img_pad: bool = False, bias: bool = True, device=None, dtype=None):
+                 dynamic_img_pad: bool = False, bias: bool = True, fixed_size_reason: str = '', device=None,
+                 dtype=None):
         super().__init__()
         self.patch_size: Tuple[int, int] = pair(patch_size, 'patch_size')
         self.img_size, self.grid_size, self.num_patches = self._grid(img_size)
@@ -44,6 +48,9 @@ class PatchEmbedding(nn.Module):
         self.strict_img_size = not check_bool(dynamic_img_size, 'dynamic_img_size')
         self.dynamic_img_pad = check_bool(dynamic_img_pad, 'dynamic_img_pad')
         check_bool(bias, 'bias')
+        if not isinstance(fixed_size_reason, str):
+            raise TypeError(f'fixed_size_reason must be a string, got {fixed_size_reason!r}')
+        self.fixed_size_reason = fixed_size_reason
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias,
                               device=device, dtype=dtype)
         norm = resolve_norm_layer(norm_layer)
@@ -78,6 +85,9 @@ class PatchEmbedding(nn.Module):
         ph, pw = self.patch_size
         if self.strict_img_size:
             if H != self.img_size[0] or W != self.img_size[1]:
+                if self.fixed_size_reason:
+                    raise ValueError(f'this model needs images of size {self.img_size} ({self.fixed_size_reason}), '
+                                     f'got ({H}, {W}); build it with img_size=({H}, {W}) for that size')
                 raise ValueError(f'PatchEmbedding(img_size={self.img_size}) got an image of size ({H}, {W}); '
                                  f'build it with dynamic_img_size=True to accept other sizes')
         elif not self.dynamic_img_pad and (H % ph != 0 or W % pw != 0):

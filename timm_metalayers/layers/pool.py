@@ -86,7 +86,34 @@ class _AvgMaxPool2d(nn.Module):
         return f'output_size={self.output_size}, cat={self.cat}'
 
 
-def create_pool(pool_layer: Union[str, nn.Module, None], *, argname: str = 'pool_layer') -> Optional[nn.Module]:
+class TokenPool(nn.Module):
+    """Global pooling of tokens ``(N, L, C) → (N, C)``: ``'avg'`` (mean over the tokens), ``'max'`` or
+    ``'avgmax'`` (half their sum), as the MLP mixers pool their patch tokens."""
+
+    def __init__(self, pool_type: str = 'avg'):
+        super().__init__()
+        if pool_type not in TOKEN_POOL_NAMES:
+            raise ValueError(f'pool_type must be one of {TOKEN_POOL_NAMES} for tokens, got {pool_type!r}')
+        self.pool_type = pool_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f'TokenPool expects tokens (N, L, C), got shape {list(x.shape)}')
+        if self.pool_type == 'avg':
+            return x.mean(dim=1)
+        if self.pool_type == 'max':
+            return x.amax(dim=1)
+        return 0.5 * (x.mean(dim=1) + x.amax(dim=1))
+
+    def extra_repr(self) -> str:
+        return repr(self.pool_type)
+
+
+TOKEN_POOL_NAMES = ('avg', 'max', 'avgmax')
+
+
+def create_pool(pool_layer: Union[str, nn.Module, None], *, argname: str = 'pool_layer',
+                tokens: bool = False) -> Optional[nn.Module]:
     """A pooling module from a module, None, or one of timm's ``global_pool`` names.
 
     Args:
@@ -96,9 +123,15 @@ def create_pool(pool_layer: Union[str, nn.Module, None], *, argname: str = 'pool
             timm's ``SelectAdaptivePool2d`` (without flatten, and scriptable); ``"meanmax"`` is
             ``AdaptiveMeanMaxPool()`` (their sum).
         argname: the argument name used in error messages.
+        tokens: the input is tokens ``(N, L, C)``, not a map: a name gives a ``TokenPool``
+            (``"avg"``, ``"max"``, ``"avgmax"``).
     """
     if pool_layer is None:
         return None
+    if tokens and isinstance(pool_layer, str) and pool_layer:
+        if pool_layer not in TOKEN_POOL_NAMES:
+            raise ValueError(f'{argname}={pool_layer!r} cannot pool tokens; use one of {TOKEN_POOL_NAMES + ("",)}')
+        return TokenPool(pool_layer)
     if isinstance(pool_layer, str):
         if pool_layer not in POOL_NAMES:
             raise ValueError(f'{argname}={pool_layer!r} is not a pool name; use one of {POOL_NAMES}')
@@ -134,4 +167,5 @@ def pool_feat_mult(pool: Optional[nn.Module]) -> int:
     return mult
 
 
-__all__ = ['AdaptiveMeanMaxPool', 'cat_channels', 'create_pool', 'pool_feat_mult', 'POOL_NAMES']
+__all__ = ['AdaptiveMeanMaxPool', 'TokenPool', 'cat_channels', 'create_pool', 'pool_feat_mult', 'POOL_NAMES',
+           'TOKEN_POOL_NAMES']

@@ -51,6 +51,29 @@ class LayerScale(nn.Module):
         return f'{self.planes}, init_value={self.init_value}, dim={self.dim}'
 
 
+class Affine(nn.Module):
+    """``alpha * x + beta`` per channel of tokens ``(N, L, C)`` (last dimension): ResMLP's "norm", Flux's
+    ``Scale(planes)``. ``alpha`` starts at 1, ``beta`` at 0 (timm's ``Affine``; our parameters are ``(C,)``).
+
+    Args:
+        planes: number of channels (the last dimension of the input).
+    """
+
+    def __init__(self, planes: int, *, device=None, dtype=None):
+        super().__init__()
+        self.planes = check_positive_int(planes, 'planes')
+        self.alpha = nn.Parameter(torch.ones(planes, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(planes, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.planes:
+            raise ValueError(f'Affine(planes={self.planes}) got an input of shape {list(x.shape)}')
+        return torch.addcmul(self.beta, self.alpha, x)
+
+    def extra_repr(self) -> str:
+        return str(self.planes)
+
+
 class InputScale(nn.Module):
     """``activation(scale * x)`` with a fixed (not learned) scalar ``scale``; build it with ``inputscale``."""
 
@@ -77,4 +100,4 @@ def inputscale(scale: float, *, activation: ActivationArg = None) -> InputScale:
     return InputScale(scale, nn.Identity() if act is None else act)
 
 
-__all__ = ['LayerScale', 'InputScale', 'inputscale']
+__all__ = ['LayerScale', 'Affine', 'InputScale', 'inputscale']

@@ -25,7 +25,7 @@ from timm.models._features import feature_take_indices
 from ..layers.classifier import ClassifierHead
 from ..layers._factory import check_positive_int
 
-__all__ = ['TimmModel', 'device_context']
+__all__ = ['TimmModel', 'device_context', 'tokens_to_map']
 
 Step = Tuple[str, Callable[[torch.Tensor], torch.Tensor]]
 Indices = Optional[Union[int, List[int]]]
@@ -34,6 +34,11 @@ Indices = Optional[Union[int, List[int]]]
 def device_context(device: Union[str, torch.device, None]) -> ContextManager:
     """Build modules directly on ``device`` (timm passes ``device=`` to every model)."""
     return torch.device(device) if device is not None else nullcontext()
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Patch tokens ``(N, H*W, C)`` as a map ``(N, C, H, W)`` for a token ``grid`` ``(H, W)``."""
+    return tokens.reshape(tokens.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
 
 
 class TimmModel(nn.Module):
@@ -153,10 +158,19 @@ class TimmModel(nn.Module):
         ``stop_early`` stops after the last one, ``output_fmt`` is ``'NCHW'`` or ``'NHWC'``, and
         ``intermediates_only`` leaves out the trunk's output."""
         self._check_output_fmt(output_fmt)
+        img_size = (x.shape[-2], x.shape[-1])
         x, taps = self._forward_taps(x, indices, norm, stop_early)
-        if output_fmt == 'NHWC':
-            taps = [t.permute(0, 2, 3, 1) for t in taps]
+        taps = self._format_taps(taps, img_size, output_fmt)
         return taps if intermediates_only else (x, taps)
+
+    @torch.jit.ignore
+    def _format_taps(self, taps: List[torch.Tensor], img_size: Tuple[int, int], output_fmt: str
+                     ) -> List[torch.Tensor]:
+        """The trunk's features in ``output_fmt``: maps stay NCHW or become NHWC. A token model overrides this
+        (its features are ``(N, L, C)``: ``'NLC'`` as they are, ``'NCHW'`` through ``tokens_to_map``)."""
+        if output_fmt == 'NHWC':
+            return [t.permute(0, 2, 3, 1) for t in taps]
+        return taps
 
     @torch.jit.ignore
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,

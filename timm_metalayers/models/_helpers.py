@@ -120,8 +120,27 @@ def build_family_model(model_fn: Callable[..., nn.Module], variant: str, pretrai
         raise error from e
 
 
+def _untrained_cfg(arch: str, **overrides) -> Dict:
+    """timm's config of an architecture it has no weights for (preprocessing only, nothing to download)."""
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(arch)
+    if cfg is None:
+        raise ValueError(f'timm has no config for {arch!r}')
+    out = {k: v for k, v in cfg.to_dict(remove_source=True, remove_null=True).items()
+           if k not in _CFG_FIELDS_NOT_COPIED and k not in ('hf_hub_id', 'hf_hub_filename')}
+    out.update(overrides)
+    return out
+
+
 def twin_pretrained_cfgs(tags: Dict[str, Sequence[str]], **overrides) -> Dict:
     """The ``default_cfgs`` of a family of twins: ``metalayers_<arch>.<tag>`` for every ``<arch>: [<tag>, ...]``
-    of ``tags``, each timm's ``<arch>.<tag>`` config (``timm_pretrained_cfg``) with ``overrides``."""
-    return generate_default_cfgs({f'metalayers_{arch}.{tag}': timm_pretrained_cfg(f'{arch}.{tag}', **overrides)
-                                  for arch, arch_tags in tags.items() for tag in arch_tags})
+    of ``tags``, each timm's ``<arch>.<tag>`` config (``timm_pretrained_cfg``) with ``overrides``; the first tag is
+    the default of ``metalayers_<arch>``. An architecture with no tags (timm has no weights for it) gets timm's
+    untrained config, without weights."""
+    cfgs = {}
+    for arch, arch_tags in tags.items():
+        if not arch_tags:
+            cfgs[f'metalayers_{arch}'] = _untrained_cfg(arch, **overrides)
+        for tag in arch_tags:
+            cfgs[f'metalayers_{arch}.{tag}'] = timm_pretrained_cfg(f'{arch}.{tag}', **overrides)
+    return generate_default_cfgs(cfgs)

@@ -20,7 +20,7 @@ from ..layers import (ClassTokens, LayerNormV2, LayerScale, MultiHeadSelfAttenti
 from ..layers._factory import (ActivationArg, NormArg, check_bool, check_positive_int, check_probability, create_norm,
                                resolve_norm_layer)
 from ..state_dict import CheckpointMismatchError
-from ._base import TimmModel, device_context
+from ._base import TimmModel, device_context, tokens_to_map
 from ._helpers import build_family_model, remap_checkpoint, twin_pretrained_cfgs
 
 from timm.models._input import update_model_args, update_model_input_size
@@ -273,13 +273,13 @@ class VisionTransformer(TimmModel):
         patch tokens as a map (``'NCHW'``) or as tokens (``'NLC'``); ``return_prefix_tokens`` pairs each
         with its class token."""
         self._check_output_fmt(output_fmt)
-        B, _, height, width = x.shape
+        height, width = x.shape[-2], x.shape[-1]
         x, taps = self._forward_taps(x, indices, norm, stop_early)
         prefix_tokens = [y[:, 0:self.num_prefix_tokens] for y in taps]
         taps = [y[:, self.num_prefix_tokens:] for y in taps]
         if output_fmt == 'NCHW':
-            H, W = self.patch_embed.dynamic_feat_size((height, width))
-            taps = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in taps]
+            grid = self.patch_embed.dynamic_feat_size((height, width))
+            taps = [tokens_to_map(y, grid) for y in taps]
         if return_prefix_tokens and self.num_prefix_tokens:
             taps = list(zip(taps, prefix_tokens))
         return taps if intermediates_only else (x, taps)
