@@ -188,22 +188,27 @@ def _create(variant: str, builder, pretrained: bool, **kwargs) -> InvResNet:
 
 
 # The weights are timm's, mapped by checkpoint_filter_fn: every tag timm has for these architectures.
-_TF_TAGS = ('aa_in1k', 'ap_in1k', 'in1k', 'ns_jft_in1k')
+# Tags in timm's order (the first is the default).
+_TF_TAGS = ('ns_jft_in1k', 'ap_in1k', 'aa_in1k', 'in1k')
+_V2_TAGS = ('in21k_ft_in1k', 'in1k', 'in21k')
 default_cfgs = twin_pretrained_cfgs({
-    'efficientnet_b0': ('ra4_e3600_r224_in1k', 'ra_in1k'),
-    'efficientnet_b1': ('ft_in1k', 'ra4_e3600_r240_in1k'),
+    'efficientnet_b0': ('ra_in1k', 'ra4_e3600_r224_in1k'),
+    'efficientnet_b1': ('ra4_e3600_r240_in1k', 'ft_in1k'),
     'efficientnet_b2': ('ra_in1k',),
     'efficientnet_b3': ('ra2_in1k',),
     'efficientnet_b4': ('ra2_in1k',),
-    'efficientnet_b5': ('sw_in12k', 'sw_in12k_ft_in1k'),
+    'efficientnet_b5': ('sw_in12k_ft_in1k', 'sw_in12k'),
+    'efficientnet_b6': ('untrained',),  # timm has no weights: its input size, crop and pool only
+    'efficientnet_b7': ('untrained',),
     'tf_efficientnet_b0': _TF_TAGS, 'tf_efficientnet_b1': _TF_TAGS, 'tf_efficientnet_b2': _TF_TAGS,
-    'tf_efficientnet_b3': _TF_TAGS, 'tf_efficientnet_b4': _TF_TAGS, 'tf_efficientnet_b5': _TF_TAGS + ('ra_in1k',),
-    'tf_efficientnet_b6': ('aa_in1k', 'ap_in1k', 'ns_jft_in1k'),
-    'tf_efficientnet_b7': ('aa_in1k', 'ap_in1k', 'ns_jft_in1k', 'ra_in1k'),
-    'tf_efficientnetv2_s': ('in1k', 'in21k', 'in21k_ft_in1k'),
-    'tf_efficientnetv2_m': ('in1k', 'in21k', 'in21k_ft_in1k'),
-    'tf_efficientnetv2_l': ('in1k', 'in21k', 'in21k_ft_in1k'),
-    'tf_efficientnetv2_xl': ('in21k', 'in21k_ft_in1k'),
+    'tf_efficientnet_b3': _TF_TAGS, 'tf_efficientnet_b4': _TF_TAGS,
+    'tf_efficientnet_b5': ('ns_jft_in1k', 'ap_in1k', 'ra_in1k', 'aa_in1k', 'in1k'),
+    'tf_efficientnet_b6': ('ns_jft_in1k', 'ap_in1k', 'aa_in1k'),
+    'tf_efficientnet_b7': ('ns_jft_in1k', 'ap_in1k', 'ra_in1k', 'aa_in1k'),
+    'tf_efficientnetv2_s': _V2_TAGS,
+    'tf_efficientnetv2_m': _V2_TAGS,
+    'tf_efficientnetv2_l': _V2_TAGS,
+    'tf_efficientnetv2_xl': ('in21k_ft_in1k', 'in21k'),
     'mobilenetv1_100': ('ra4_e3600_r224_in1k',),
     'mobilenetv1_125': ('ra4_e3600_r224_in1k',),
     'mobilenetv2_050': ('lamb_in1k',),
