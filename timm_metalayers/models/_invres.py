@@ -33,20 +33,22 @@ _BLOCKS = (dwsep_conv_norm, mbconv, fused_mbconv)
 class InvResNet(TimmModel):
     """An inverted-residual network with timm's model API; build it with ``invresmodel``.
 
-    ``stem`` (3x3 stride-2 ``conv_norm``) → ``stages`` (one ``nn.Sequential`` of blocks per config row, then
-    the 1x1 head ``conv_norm`` as the last stage when the network has one) → ``head`` (``create_classifier``:
-    pool → flatten → dropout → ``fc``).
+    ``stem`` (3x3 stride-2 ``conv_norm``) → ``stages`` (one ``nn.Sequential`` of blocks per config row) →
+    ``head_conv`` (the 1x1 ``conv_norm`` to ``num_features`` before the pool; ``nn.Identity`` when the network
+    has none) → ``head`` (``create_classifier``: pool → flatten → dropout → ``fc``). The features are the stage
+    ends, as timm's: ``head_conv`` is the trunk's ``final_conv`` (kept by a prune that keeps the last feature).
     """
     block_pattern = r'^stages\.(\d+)\.(\d+)'
     block_pattern_coarse = r'^stages\.(\d+)'
+    final_conv = 'head_conv'
 
-    def __init__(self, stem: nn.Sequential, stages: nn.Sequential, feature_info: List[Dict[str, Any]], *,
-                 num_classes: int = 1000, in_chans: int = 3, global_pool: Union[str, nn.Module, None] = 'avg',
-                 drop_rate: float = 0.):
+    def __init__(self, stem: nn.Sequential, stages: nn.Sequential, head_conv: nn.Module,
+                 feature_info: List[Dict[str, Any]], *, num_features: int, num_classes: int = 1000,
+                 in_chans: int = 3, global_pool: Union[str, nn.Module, None] = 'avg', drop_rate: float = 0.):
         super().__init__()
         self.stem = stem
         self.stages = stages
-        num_features = feature_info[-1]['num_chs']
+        self.head_conv = head_conv
         self.head = create_classifier(num_features, num_classes, pool_layer=global_pool,
                                       dropout_prob=drop_rate or None)
         self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
@@ -154,8 +156,8 @@ def invresmodel(
             ``make_divisible(planes * width_mult, 8, round_limit=round_limit)``.
         depth_mult: depth multiplier: every ``repeats`` becomes ``ceil(repeats * depth_mult)``.
         stem_planes: width of the stem before scaling.
-        head_planes: width of the 1x1 head conv (``conv_norm`` with ``act_layer``) after the last row, as given
-            (not scaled); None for no head conv (MobileNetV1).
+        head_planes: width of the 1x1 head conv (``conv_norm`` with ``act_layer``, ``head_conv``) after the last
+            row, as given (not scaled); None for no head conv (MobileNetV1).
         fix_stem: keep the stem at ``stem_planes`` whatever ``width_mult``.
         round_limit: ``make_divisible``'s limit (0.9: a width never rounds down by more than 10 %).
         num_classes: classes of the output layer; 0 for none (the model returns pooled features).
@@ -201,14 +203,14 @@ def invresmodel(
                                      norm_layer, pad, next(schedule)))
                 inplanes = width(c)
             stages.append(nn.Sequential(*blocks))
-        stage_planes, strides = [width(row[2]) for row in rows], [row[4] for row in rows]
         if head_planes is not None:
-            stages.append(nn.Sequential(*conv_norm(1, inplanes, head_planes, act_layer, norm_layer=norm_layer)))
-            stage_planes.append(head_planes)
-            strides.append(1)
-        feature_info = stage_feature_info(stem_out, stage_planes, strides)
-        model = InvResNet(stem, nn.Sequential(*stages), feature_info, num_classes=num_classes, in_chans=in_chans,
-                          global_pool=global_pool, drop_rate=drop_rate)
+            head_conv: nn.Module = nn.Sequential(*conv_norm(1, inplanes, head_planes, act_layer,
+                                                            norm_layer=norm_layer))
+        else:
+            head_conv = nn.Identity()
+        feature_info = stage_feature_info(stem_out, [width(row[2]) for row in rows], [row[4] for row in rows])
+        model = InvResNet(stem, nn.Sequential(*stages), head_conv, feature_info, num_features=head_planes or inplanes,
+                          num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate)
     model.finish_init(dtype)
     return model
 

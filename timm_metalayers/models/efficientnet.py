@@ -169,18 +169,16 @@ def mnasnet(config: str = 'b1', width_mult: float = 1.0, **kwargs) -> InvResNet:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# timm's checkpoints: conv_stem/bn1, blocks.{stage}.{block}..., conv_head/bn2 (our last stage), classifier.
+# timm's checkpoints: conv_stem/bn1, blocks.{stage}.{block}..., conv_head/bn2, classifier.
+_TOP_PARTS = {'conv_stem': 'stem.0', 'bn1': 'stem.1', 'conv_head': 'head_conv.0', 'bn2': 'head_conv.1',
+              'classifier': 'head.fc'}
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: InvResNet) -> Dict[str, torch.Tensor]:
     """Map a checkpoint of timm's EfficientNet class (or one of ours) onto ``model``, strictly.
 
     Raises ``CheckpointMismatchError`` (a ``ValueError``) naming every unmapped, missing or mis-shaped key.
     """
-    top_parts = {'conv_stem': 'stem.0', 'bn1': 'stem.1', 'classifier': 'head.fc'}
-    last = len(model.stages) - 1
-    if last >= 0 and isinstance(model.stages[last][0], nn.Conv2d):  # the head conv stage
-        top_parts.update(conv_head=f'stages.{last}.0', bn2=f'stages.{last}.1')
-    return remap_checkpoint(state_dict, model, invres_renamer(model.stages, top_parts))
+    return remap_checkpoint(state_dict, model, invres_renamer(model.stages, _TOP_PARTS))
 
 
 def _create(variant: str, builder, pretrained: bool, **kwargs) -> InvResNet:
