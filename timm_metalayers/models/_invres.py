@@ -59,6 +59,8 @@ class InvResNet(TimmModel):
     def init_weights(self) -> None:
         """The EfficientNet papers' init: convs normal with std sqrt(2 / fan_out) (per group), zero biases."""
         for module in self.modules():
+            if getattr(module, 'weight', None) is not None and module.weight.is_meta:
+                continue  # nothing to fill (and normal_ on 'meta' is slow)
             if isinstance(module, nn.Conv2d):
                 fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
                 nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
