@@ -42,3 +42,9 @@ def test_machinery_section_family_runs():
     blocks = section_blocks('machinery')
     assert len(blocks) == 1 and 'class TinyNet(TimmModel)' in blocks[0]
     exec(compile(blocks[0], 'README.md[machinery]', 'exec'), {'__name__': '__readme__'})
+
+
+def test_efficientnet_section_custom_build_runs():
+    blocks = section_blocks('efficientnet')
+    assert 'invresmodel(table' in blocks[0]
+    exec(compile(blocks[0], 'README.md[efficientnet]', 'exec'), {'__name__': '__readme__'})
