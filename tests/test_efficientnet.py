@@ -1,7 +1,6 @@
 """The inverted-residual families (EfficientNet/V2, MobileNetV1/V2, MNASNet): parity with timm through the
 checkpoint filter, every tag timm has, argument wiring, features / pruning as timm's, and the builder."""
 import copy
-import functools
 
 import pytest
 import timm
@@ -11,7 +10,7 @@ from timm.layers import Conv2dSame
 from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
-from random_weights import randomize_weights
+from twin_checkpoints import load_twin
 from timm_metalayers.layers import StochasticDepth, dwsep_conv_norm, fused_mbconv, linear_scheduler, mbconv
 from timm_metalayers.models._invres import InvResNet, invresmodel, scale_depths
 from timm_metalayers.models.efficientnet import (
@@ -27,30 +26,12 @@ PARITY = ['efficientnet_b0', 'efficientnet_b2', 'tf_efficientnet_b0', 'tf_effici
           'mobilenetv2_050', 'mobilenetv2_140', 'mnasnet_100', 'semnasnet_100', 'mnasnet_small']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared; these small convs are faster single-threaded
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.lru_cache(maxsize=None)
-def _timm_and_file(name: str, tmp_root: str):
-    ref = randomize_weights(timm.create_model(name))
-    path = f'{tmp_root}/{name}.safetensors'
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
-    return ref, path
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
-def weights(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('invres'))
-    return lambda name: _timm_and_file(name, root)
-
-
-def _ours(name: str, path: str, **kwargs) -> nn.Module:
-    return timm.create_model(f'metalayers_{name}', pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)
+def weights(timm_checkpoint):
+    return timm_checkpoint
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -79,7 +60,7 @@ def test_registered_with_every_timm_tag():
 @pytest.mark.parametrize('name', PARITY)
 def test_parity_with_timm(name, weights):
     ref, path = weights(name)
-    ours = _ours(name, path).eval()
+    ours = load_twin(name, path).eval()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     for size in ((64, 64), (67, 45)):  # odd sizes: TF "same" pads asymmetrically at stride 2
         x = torch.randn(2, 3, *size)
@@ -110,7 +91,7 @@ def test_every_twin_maps_every_key_and_shape(name):
 def test_intermediates_and_pruning_as_timm(weights):
     """The head conv ends the trunk as timm's: after the last feature, kept by a prune that keeps it."""
     ref, path = weights('efficientnet_b0')
-    ours = _ours('efficientnet_b0', path).eval()
+    ours = load_twin('efficientnet_b0', path).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for kwargs in (dict(), dict(indices=[4], stop_early=True), dict(indices=[1], stop_early=True)):
@@ -156,12 +137,12 @@ def test_filter_error_through_create_model(weights, tmp_path):
     path = str(tmp_path / 'broken.safetensors')
     save_file({k: v.contiguous() for k, v in state.items()}, path)
     with pytest.raises(CheckpointMismatchError, match=r'stages\.3\.5\.4\.weight'):
-        _ours('mobilenetv1_125', path)
+        load_twin('mobilenetv1_125', path)
 
 
 def test_filter_loads_own_state_dict_unchanged(weights):
     ref, path = weights('tf_efficientnetv2_s')
-    ours = _ours('tf_efficientnetv2_s', path)
+    ours = load_twin('tf_efficientnetv2_s', path)
     own = ours.state_dict()
     mapped = checkpoint_filter_fn(own, ours)
     assert mapped.keys() == own.keys() and all(mapped[k] is own[k] for k in own)
@@ -169,13 +150,13 @@ def test_filter_loads_own_state_dict_unchanged(weights):
 
 def test_pretrained_in_chans_and_num_classes(weights):
     ref, path = weights('mobilenetv2_050')
-    model = _ours('mobilenetv2_050', path, in_chans=1, num_classes=5).eval()
+    model = load_twin('mobilenetv2_050', path, in_chans=1, num_classes=5).eval()
     torch.testing.assert_close(model.stem[0].weight, ref.conv_stem.weight.sum(1, keepdim=True))
     torch.testing.assert_close(model.head_conv[0].weight, ref.conv_head.weight)
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 5)
-    model = _ours('mobilenetv2_050', path, num_classes=0).eval()
+    model = load_twin('mobilenetv2_050', path, num_classes=0).eval()
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1280)
-    features = _ours('mobilenetv2_050', path, features_only=True, out_indices=(1, 4))
+    features = load_twin('mobilenetv2_050', path, features_only=True, out_indices=(1, 4))
     torch.testing.assert_close(features.model.stages[1][0].dw[0].weight, ref.blocks[1][0].conv_dw.weight)
     assert [f.shape[1] for f in features(torch.randn(1, 3, 64, 64))] == [16, 160]
 

@@ -24,7 +24,8 @@ from ..layers.conv import PadArg
 from ..layers.mbconv import FusedMBConv, MBConv
 from ._base import TimmModel, device_context
 
-__all__ = ['InvResNet', 'invresmodel', 'scale_depths', 'stage_feature_info', 'invres_renamer']
+__all__ = ['InvResNet', 'invresmodel', 'scale_depths', 'stage_feature_info', 'invres_renamer',
+           'init_invres_weights']
 
 Row = Tuple[Callable, int, int, float, int, int, Optional[float]]
 _BLOCKS = (dwsep_conv_norm, mbconv, fused_mbconv)
@@ -57,19 +58,25 @@ class InvResNet(TimmModel):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """The EfficientNet papers' init: convs normal with std sqrt(2 / fan_out) (per group), zero biases."""
-        for module in self.modules():
-            if getattr(module, 'weight', None) is not None and module.weight.is_meta:
-                continue  # nothing to fill (and normal_ on 'meta' is slow)
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                bound = 1.0 / math.sqrt(module.weight.shape[0])
-                nn.init.uniform_(module.weight, -bound, bound)
-                nn.init.zeros_(module.bias)
+        init_invres_weights(self)
+
+
+def init_invres_weights(model: nn.Module) -> None:
+    """The EfficientNet / MobileNetV3 papers' init (timm's): convs normal with std sqrt(2 / fan_out) per group,
+    Linear uniform in +-1/sqrt(out features), zero biases; nothing on 'meta' (nothing to fill)."""
+    for module in model.modules():
+        if getattr(module, 'weight', None) is None or module.weight.is_meta:
+            continue
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(module, nn.Linear):
+            bound = 1.0 / math.sqrt(module.weight.shape[0])
+            nn.init.uniform_(module.weight, -bound, bound)
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def scale_depths(repeats: Sequence[int], depth_mult: float) -> List[int]:

@@ -19,7 +19,7 @@ from ..layers import conv_norm, create_classifier, linear_scheduler, mbconv
 from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_probability
 from ..layers.pool import create_pool
 from ._base import TimmModel, device_context
-from ._invres import invres_renamer, stage_feature_info
+from ._invres import init_invres_weights, invres_renamer, stage_feature_info
 from ._helpers import build_family_model, conv_to_linear, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['MobileNetV3', 'mobilenetv3', 'MOBILENETV3_CONFIGS', 'checkpoint_filter_fn']
@@ -95,12 +95,8 @@ class MobileNetV3(TimmModel):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """Kaiming-normal convs (fan out) with zero biases, as timm's MobileNetV3."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        """timm's MobileNetV3 init (the paper's): ``init_invres_weights``."""
+        init_invres_weights(self)
 
 
 def _check_row(row: Sequence, i: int) -> Row:
