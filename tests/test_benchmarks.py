@@ -118,6 +118,7 @@ def test_tiny_resnet_compiles_fullgraph_train_and_eval_in_channels_last():
     ('metalayers_mobilenetv3_small_050', dict(drop_path_rate=0.2, drop_rate=0.1), 64),
     ('metalayers_vit_tiny_patch16_224', dict(drop_path_rate=0.2, img_size=32), 32),
     ('metalayers_inception_v3', dict(drop_rate=0.2), 107),
+    ('metalayers_mnasnet_small', dict(drop_path_rate=0.2, drop_rate=0.1), 64),  # the inverted-residual builder
 ])
 def test_model_families_compile_fullgraph_train_and_eval_in_channels_last(name, kwargs, size):
     """The other families (the tiny ResNet above covers ResNet): channels_last end to end and one whole graph
