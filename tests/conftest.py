@@ -27,8 +27,16 @@ def _quiet_torch_trace_log():
 
 
 @pytest.fixture(scope='module')
+def timm_checkpoint(tmp_path_factory):
+    """``name -> (timm model with random weights, its safetensors file)``, each written once."""
+    from twin_checkpoints import random_timm_checkpoint
+    root = str(tmp_path_factory.mktemp('timm_checkpoints'))
+    return lambda name: random_timm_checkpoint(name, root)
+
+
+@pytest.fixture(scope='module')
 def one_torch_thread():
-    """One torch thread for a module's small convolutions (faster on the shared machine), restored after."""
+    """One torch thread for a module's tests (the machine is shared; small convs are faster single-threaded)."""
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -122,6 +122,7 @@ def test_tiny_resnet_compiles_fullgraph_train_and_eval_in_channels_last():
     ('metalayers_convmixer_768_32', dict(planes=16, depth=2, drop_path_rate=0.2), 28),
     ('metalayers_resmlp_12_224', dict(img_size=32, depth=2, embed_dim=16, drop_path_rate=0.2), 32),
     ('metalayers_gmlp_ti16_224', dict(img_size=32, depth=2, embed_dim=16, drop_path_rate=0.2), 32),
+    ('metalayers_mnasnet_small', dict(drop_path_rate=0.2, drop_rate=0.1), 64),  # the inverted-residual builder
 ])
 def test_model_families_compile_fullgraph_train_and_eval_in_channels_last(name, kwargs, size):
     """The other families (the tiny ResNet above covers ResNet): channels_last end to end and one whole graph

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
-from random_weights import randomize_weights
+from twin_checkpoints import load_twin
 from timm_metalayers.layers import StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.layers.classifier import HeadResetError
@@ -22,34 +22,12 @@ TAGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared; these small convs are faster single-threaded
-    yield
-    torch.set_num_threads(threads)
-
-
-def _random_timm(name: str) -> nn.Module:
-    return randomize_weights(timm.create_model(name))
-
-
-@functools.lru_cache(maxsize=None)
-def _timm_and_file(name: str, tmp_root: str):
-    ref = _random_timm(name)
-    path = f'{tmp_root}/{name}.safetensors'
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
-    return ref, path
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
-def weights(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('mnv3'))
-    return lambda name: _timm_and_file(name, root)
-
-
-def _ours(name: str, path: str, **kwargs) -> nn.Module:
-    return timm.create_model(f'metalayers_{name}', pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)
+def weights(timm_checkpoint):
+    return timm_checkpoint
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -73,7 +51,7 @@ def test_registered():
 @pytest.mark.parametrize('name', MODELS)
 def test_parity_with_timm(name, weights):
     ref, path = weights(name)
-    ours = _ours(name, path).eval()
+    ours = load_twin(name, path).eval()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     for size in ((224, 224), (160, 192)):
         x = torch.randn(2, 3, *size)
@@ -119,12 +97,12 @@ def test_filter_error_through_create_model(weights, tmp_path):
     path = str(tmp_path / 'broken.safetensors')
     save_file({k: v.contiguous() for k, v in state.items()}, path)
     with pytest.raises(CheckpointMismatchError, match=r'head\.hidden\.weight'):
-        _ours('mobilenetv3_small_050', path)
+        load_twin('mobilenetv3_small_050', path)
 
 
 def test_filter_loads_own_state_dict_unchanged(weights):
     ref, path = weights('mobilenetv3_small_050')
-    ours = _ours('mobilenetv3_small_050', path).eval()
+    ours = load_twin('mobilenetv3_small_050', path).eval()
     own = ours.state_dict()
     assert checkpoint_filter_fn(own, ours).keys() == own.keys()
     # and onto an unpooled model, whose head runs as 1x1 convs
@@ -140,20 +118,20 @@ def test_filter_loads_own_state_dict_unchanged(weights):
 
 def test_unpooled_model_loads_timm_weights(weights):
     ref, path = weights('mobilenetv3_small_100')
-    ours = _ours('mobilenetv3_small_100', path, global_pool='').eval()
+    ours = load_twin('mobilenetv3_small_100', path, global_pool='').eval()
     torch.testing.assert_close(ours.head.hidden.weight, ref.conv_head.weight)
     torch.testing.assert_close(ours.head.fc.weight.flatten(1), ref.classifier.weight)
 
 
 def test_pretrained_in_chans_and_num_classes(weights):
     ref, path = weights('mobilenetv3_small_075')
-    model = _ours('mobilenetv3_small_075', path, in_chans=1, num_classes=5).eval()
+    model = load_twin('mobilenetv3_small_075', path, in_chans=1, num_classes=5).eval()
     torch.testing.assert_close(model.stem[0].weight, ref.conv_stem.weight.sum(1, keepdim=True))
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 5)
     torch.testing.assert_close(model.head.hidden.weight, ref.conv_head.weight.flatten(1))
-    model = _ours('mobilenetv3_small_075', path, in_chans=1, num_classes=0).eval()
+    model = load_twin('mobilenetv3_small_075', path, in_chans=1, num_classes=0).eval()
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 1024)
-    features = _ours('mobilenetv3_small_075', path, features_only=True)
+    features = load_twin('mobilenetv3_small_075', path, features_only=True)
     torch.testing.assert_close(features.model.stages[0][0].dw[0].weight, ref.blocks[0][0].conv_dw.weight)
 
 

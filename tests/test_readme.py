@@ -63,3 +63,9 @@ def test_family_section_custom_build_runs(section, call):
     blocks = section_blocks(section)
     assert len(blocks) == 1 and call in blocks[0]
     exec(compile(blocks[0], f'README.md[{section}]', 'exec'), {'__name__': '__readme__'})
+
+
+def test_efficientnet_section_custom_build_runs():
+    blocks = section_blocks('efficientnet')
+    assert 'invresmodel(table' in blocks[0]
+    exec(compile(blocks[0], 'README.md[efficientnet]', 'exec'), {'__name__': '__readme__'})

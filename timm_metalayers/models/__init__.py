@@ -5,3 +5,4 @@ from . import inception_v3, inception_v4, inception_resnet_v2
 from . import mobilenetv3
 from . import googlenet, squeezenet, alexnet
 from . import convnext, convmixer, mlp_mixer
+from . import efficientnet

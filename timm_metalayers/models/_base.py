@@ -8,7 +8,10 @@ A family builds its modules and declares its layout; ``TimmModel`` does the rest
   ``"blocks.7"``): a child of the model or a child of one of its children;
 - ``head`` is the ``ClassifierHead`` that ``create_classifier`` returns;
 - ``final_norm`` (optional) names a trunk module that is the final norm: ``norm=True`` applies it to the
-  intermediates, and only ``prune_norm`` removes it.
+  intermediates, and only ``prune_norm`` removes it;
+- ``final_conv`` (optional) names a trunk module after the last feature that maps the trunk's output to
+  ``num_features`` (EfficientNet's 1x1 head conv): it ends the trunk as the final norm does, is never applied
+  to intermediates, and a prune removes it when it keeps fewer features or ``prune_norm`` is set (as timm's).
 
 From that come ``forward_features``, ``forward_head``, ``forward_intermediates``,
 ``prune_intermediate_layers``, ``set_grad_checkpointing``, ``group_matcher``, ``get_classifier``,
@@ -46,11 +49,12 @@ class TimmModel(nn.Module):
 
     A family's ``__init__`` registers its trunk modules in forward order, then ``head``, then calls
     ``init_model_api``. Class attributes a family may set: ``output_fmts`` (the layouts its intermediates can
-    take), ``final_norm``, ``stem_pattern``, ``block_pattern`` / ``block_pattern_coarse`` (for
+    take), ``final_norm``, ``final_conv``, ``stem_pattern, ``block_pattern`` / ``block_pattern_coarse`` (for
     ``group_matcher``) and ``no_decay`` (parameter names exempt from weight decay).
     """
     output_fmts: Tuple[str, ...] = ('NCHW', 'NHWC')
     final_norm: str = ''
+    final_conv: str = ''
     stem_pattern: str = r'^stem'
     block_pattern: Any = None
     block_pattern_coarse: Any = None
@@ -134,13 +138,16 @@ class TimmModel(nn.Module):
         final_norm = getattr(self, self.final_norm) if self.final_norm else None
         steps = self._steps()
         taps: List[torch.Tensor] = []
-        for path, step in steps:
+        at_end = max_index == len(self.feature_info) - 1
+        for i, (path, step) in enumerate(steps):
             x = checkpoint(step, x) if self.grad_checkpointing else step(x)
             if path in wanted:
                 taps.append(final_norm(x) if norm and final_norm is not None else x)
             if stop_early and path == last:
-                if path != steps[-1][0] and any(p == self.final_norm for p, _ in steps):
-                    x = final_norm(x)  # as timm: the final norm ends the trunk even when stopped early
+                # as timm: the final norm ends the trunk even when stopped early, the final conv after the last feature
+                for later, later_step in steps[i + 1:]:
+                    if later == self.final_norm or (later == self.final_conv and at_end):
+                        x = later_step(x)
                 break
         return x, taps
 
@@ -185,14 +192,16 @@ class TimmModel(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         last = self.feature_info[max_index]['module']
         steps = [path for path, _ in self._steps()]
+        prune_end = max_index < len(self.feature_info) - 1
         for path in steps[steps.index(last) + 1:]:
             if path == self.final_norm and not prune_norm:
+                continue
+            if path == self.final_conv and not (prune_end or prune_norm):
                 continue
             self._remove_step(path)
         if prune_norm and self.final_norm:
             setattr(self, self.final_norm, nn.Identity())
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_end:
+        if prune_end or (prune_norm and self.final_conv):
             self.num_features = self.feature_info[max_index]['num_chs']
         if prune_head or self.num_features != self.head.in_features:
             self.head.reset(self.head.num_classes, inplanes=self.num_features, keep_hidden=False)

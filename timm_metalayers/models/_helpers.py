@@ -87,7 +87,8 @@ def timm_pretrained_cfg(timm_name: str, **overrides) -> Dict:
 
     Copies timm's preprocessing and provenance (input size, mean, std, crop, interpolation, licence, ...),
     points ``hf_hub_id`` at timm's Hub repository and ``hf_hub_filename`` at its ``model.safetensors``, and
-    drops the download URL, so weights only ever come from the Hub as safetensors. ``overrides`` set our own fields (``first_conv``, ``classifier``).
+    drops the download URL, so weights only ever come from the Hub as safetensors (a tag without weights,
+    as timm's ``untrained``, stays without). ``overrides`` set our own fields (``first_conv``, ``classifier``).
     """
     from timm.models import get_pretrained_cfg
     cfg = get_pretrained_cfg(timm_name)
@@ -95,8 +96,9 @@ def timm_pretrained_cfg(timm_name: str, **overrides) -> Dict:
         raise ValueError(f'timm has no pretrained config named {timm_name!r}')
     out = {k: v for k, v in cfg.to_dict(remove_source=False, remove_null=True).items()
            if k not in _CFG_FIELDS_NOT_COPIED}
-    out['hf_hub_id'] = f'timm/{timm_name}'
-    out['hf_hub_filename'] = 'model.safetensors'  # never fall back to a pickle checkpoint
+    if cfg.has_weights:  # timm's ``untrained`` configs give input size etc. but no weights
+        out['hf_hub_id'] = f'timm/{timm_name}'
+        out['hf_hub_filename'] = 'model.safetensors'  # never fall back to a pickle checkpoint
     out.update(overrides)
     return out
 

@@ -7,9 +7,7 @@ As Metalhead.jl's ``mobilenetv3``, the network is read from a table of inverted-
 multiplier; the registered models are timm's ``mobilenetv3_large_100`` / ``mobilenetv3_small_{100,075,050}``
 architectures and load timm's Hub weights through ``checkpoint_filter_fn``.
 """
-import math
-import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -19,9 +17,9 @@ from timm.models import register_model
 
 from ..layers import conv_norm, create_classifier, linear_scheduler, mbconv
 from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_probability
-from ..layers.mbconv import MBConv
 from ..layers.pool import create_pool
 from ._base import TimmModel, device_context
+from ._invres import init_invres_weights, invres_renamer, stage_feature_info
 from ._helpers import build_family_model, conv_to_linear, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['MobileNetV3', 'mobilenetv3', 'MOBILENETV3_CONFIGS', 'checkpoint_filter_fn']
@@ -97,12 +95,8 @@ class MobileNetV3(TimmModel):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """Kaiming-normal convs (fan out) with zero biases, as timm's MobileNetV3."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        """timm's MobileNetV3 init (the paper's): ``init_invres_weights``."""
+        init_invres_weights(self)
 
 
 def _check_row(row: Sequence, i: int) -> Row:
@@ -220,14 +214,9 @@ def mobilenetv3(
         stages.append(nn.Sequential(*conv_norm(1, inplanes, final_planes, act_layer, norm_layer=norm_layer)))
         stages = nn.Sequential(*stages)
 
-        # features: the last module of each resolution (the stem, then the stages), as timm's stage ends
-        stage_channels = [stem_out] + [stage[-1][3] for stage in stage_specs] + [final_planes]
-        strides = [2] + [max(spec[4] for spec in stage) for stage in stage_specs] + [1]
-        reductions = [math.prod(strides[:i + 1]) for i in range(len(strides))]
-        modules = ['stem'] + [f'stages.{i}' for i in range(len(stages))]
-        feature_info = [dict(num_chs=chs, reduction=red, module=module)
-                        for i, (chs, red, module) in enumerate(zip(stage_channels, reductions, modules))
-                        if i == len(modules) - 1 or reductions[i + 1] != red]
+        stage_planes = [stage[-1][3] for stage in stage_specs] + [final_planes]
+        strides = [max(spec[4] for spec in stage) for stage in stage_specs] + [1]
+        feature_info = stage_feature_info(stem_out, stage_planes, strides)
 
         model = MobileNetV3(stem, stages, feature_info, hidden_planes=hidden_planes,
                             num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
@@ -237,44 +226,9 @@ def mobilenetv3(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# timm's checkpoints: conv_stem/bn1, blocks.{stage}.{block}.{conv_pw,bn1,conv_dw,bn2,se,conv_pwl,bn3}
-# (DepthwiseSeparableConv: conv_dw,bn1,se,conv_pw,bn2; ConvBnAct: conv,bn1), conv_head, classifier.
-
-_IR_PARTS = {'conv_pw': 'expand.0', 'bn1': 'expand.1', 'conv_dw': 'dw.0', 'bn2': 'dw.1',
-             'se.conv_reduce': 'se.reduce.0', 'se.conv_expand': 'se.expand.0', 'conv_pwl': 'project.0',
-             'bn3': 'project.1'}
-_DS_PARTS = {'conv_dw': 'dw.0', 'bn1': 'dw.1', 'se.conv_reduce': 'se.reduce.0', 'se.conv_expand': 'se.expand.0',
-             'conv_pw': 'project.0', 'bn2': 'project.1'}
-_CONV_PARTS = {'conv': '0', 'bn1': '1'}
+# timm's checkpoints: the naming of timm's EfficientNet family (``invres_renamer``), with the head's hidden
+# layer stored as ``conv_head``.
 _TOP_PARTS = {'conv_stem': 'stem.0', 'bn1': 'stem.1', 'conv_head': 'head.hidden', 'classifier': 'head.fc'}
-_BLOCK_KEY = re.compile(r'^blocks\.(\d+)\.(\d+)\.(.+)\.([^.]+)$')
-_TOP_KEY = re.compile(r'^([^.]+)\.([^.]+)$')
-
-
-def _timm_renamer(model: MobileNetV3) -> Callable[[str], Optional[str]]:
-    stages = model.stages
-
-    def rename(key: str) -> Optional[str]:
-        m = _BLOCK_KEY.match(key)
-        if m is not None:
-            s, b, part, leaf = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
-            if s >= len(stages):
-                return key
-            stage = stages[s]
-            if any(isinstance(blk, MBConv) for blk in stage):
-                if b >= len(stage):
-                    return key
-                parts = _DS_PARTS if isinstance(stage[b].expand, nn.Identity) else _IR_PARTS
-                return f'stages.{s}.{b}.{parts[part]}.{leaf}' if part in parts else key
-            if b == 0 and part in _CONV_PARTS:  # the final conv_norm stage
-                return f'stages.{s}.{_CONV_PARTS[part]}.{leaf}'
-            return key
-        m = _TOP_KEY.match(key)
-        if m is not None and m.group(1) in _TOP_PARTS:
-            return f'{_TOP_PARTS[m.group(1)]}.{m.group(2)}'
-        return key
-
-    return rename
 
 
 def _reshape_head(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -290,7 +244,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MobileNetV3
 
     Raises ``CheckpointMismatchError`` (a ``ValueError``) naming every unmapped, missing or mis-shaped key.
     """
-    return remap_checkpoint(state_dict, model, _timm_renamer(model), reshape=_reshape_head)
+    return remap_checkpoint(state_dict, model, invres_renamer(model.stages, _TOP_PARTS),
+                            reshape=_reshape_head)
 
 
 def _create_mobilenetv3(variant: str, config_table: str, width_mult: float, pretrained: bool = False,
