@@ -26,7 +26,7 @@ from .faults import fault_point
 
 __all__ = ['CHECKPOINT_JSON', 'STATE_FORMAT', 'CHECKPOINT_FILES', 'make_temp_dir', 'atomic_write_bytes', 'atomic_write_json',
            'checkpoint_name', 'read_run_state', 'find_run_state', 'save_checkpoint', 'checkpoint_run_id',
-           'checkpoint_folders', 'remove_stray_temporaries', 'load_train_state']
+           'checkpoint_folders', 'prune_checkpoints', 'remove_stray_temporaries', 'load_train_state']
 
 CHECKPOINT_JSON = 'checkpoint.json'
 STATE_FORMAT = 'timm_metalayers.finetune/1'
@@ -271,11 +271,16 @@ def save_checkpoint(out: Path, epoch: int, weights: Dict[str, nn.Module], train_
     state = dict(run_state, epoch=epoch, checkpoint=name, files=[*weights, 'train_state.pt'])
     atomic_write_json(out / CHECKPOINT_JSON, state, fault='checkpoint.json-written', epoch=epoch)
     fault_point('checkpoint.json-replaced', epoch)
-    for old in checkpoint_folders(out):
-        if old.name != name:
-            _retire(old, owned_ids)
+    prune_checkpoints(out, name, owned_ids)
     fault_point('checkpoint.pruned', epoch)
     return state
+
+
+def prune_checkpoints(out: Path, keep: Optional[str], owned_ids: Iterable[str]) -> None:
+    """Retire every checkpoint folder of ``owned_ids`` but ``keep`` (also what a killed run left behind)."""
+    for folder in checkpoint_folders(out):
+        if folder.name != keep:
+            _retire(folder, owned_ids)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from timm.utils import ModelEmaV3, NativeScaler, random_seed
 
 from ..hub import HubLoadError, load_weights
 from .checkpoint import (CHECKPOINT_JSON, STATE_FORMAT, atomic_write_bytes, atomic_write_json, find_run_state,
-                         load_train_state, read_run_state, remove_stray_temporaries, save_checkpoint)
+                         load_train_state, prune_checkpoints, read_run_state, remove_stray_temporaries, save_checkpoint)
 from .cli import complete_args
 from .data import DIGITS_CLASSES, Data, Loaders, folder_classes, load_data, make_loaders
 from .distributed import DistState, on_main, setup_distributed
@@ -186,6 +186,8 @@ def _start_record(s: Session) -> None:
     if s.resume_state is None:
         fresh = dict(s.record, epoch=None, checkpoint=None, files=[], history=[], best=None)
         on_main(ds, lambda: atomic_write_json(s.out / CHECKPOINT_JSON, fresh))
+    elif Path(s.resume_state['_path']).parent.resolve() == s.out.resolve():  # what a killed run left behind
+        on_main(ds, lambda: prune_checkpoints(s.out, s.resume_state['checkpoint'], s.owned_ids))
 
 
 def prepare(s: Session) -> None:
@@ -304,9 +306,9 @@ def _save(s: Session, epoch: int, history: List[Dict[str, Any]], best: Dict[str,
 
     def write() -> Dict[str, Any]:
         try:
-            saved = save_checkpoint(s.out, epoch, weights, train_state, record, s.owned_ids, note=s.ds.print)
-            if s.args.log_csv:
+            if s.args.log_csv:  # first: a run killed before its checkpoint.json is replaced redoes the epoch
                 write_csv(Path(s.args.log_csv), history, atomic_write_bytes)
+            saved = save_checkpoint(s.out, epoch, weights, train_state, record, s.owned_ids, note=s.ds.print)
         except OSError as e:
             raise RunFailedError(f'cannot write the checkpoint of epoch {epoch + 1} to {s.out}: {first_line(e)}; '
                                  f'{_last_saved(s)} is kept - free space, then continue with --resume') from e
