@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import timm
@@ -20,9 +21,11 @@ import timm_metalayers  # noqa: F401
 from timm_metalayers import finetune
 
 try:  # tests/ as a package or as a rootdir-relative folder
-    from .finetune_helpers import CLASSES, FAST, ROOT, checkpoint_dirs, load, metrics, one_thread, run, write_dataset  # noqa: F401
+    from .finetune_helpers import (CLASSES, FAST, ROOT, assert_same_weights, checkpoint_dirs, load, metrics,
+                                   one_thread, run, write_dataset)  # noqa: F401
 except ImportError:
-    from finetune_helpers import CLASSES, FAST, ROOT, checkpoint_dirs, load, metrics, one_thread, run, write_dataset  # noqa: F401
+    from finetune_helpers import (CLASSES, FAST, ROOT, assert_same_weights, checkpoint_dirs, load, metrics,
+                                  one_thread, run, write_dataset)  # noqa: F401
 
 
 @pytest.fixture(scope='module')
@@ -129,11 +132,7 @@ def test_resume_reproduces_the_uninterrupted_run(data_dir, tmp_path, monkeypatch
     for other, out in ((resumed, tmp_path / 'split'), (after_kill, killed)):
         assert metrics(other['history']) == metrics(full['history'])
         for name in ('model.safetensors', 'ema.safetensors'):
-            a = load(tmp_path / 'full' / 'checkpoint-epoch0001' / name)
-            b = load(out / 'checkpoint-epoch0001' / name)
-            assert a.keys() == b.keys()
-            for k in a:
-                torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+            assert_same_weights(tmp_path / 'full' / 'checkpoint-epoch0001' / name, out / 'checkpoint-epoch0001' / name)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -60,7 +60,6 @@ class RunFolder:
             folder.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FinetuneError(f'cannot create --output {folder.path}: {first_line(e)}') from e
-        check_writable(folder.path, '--output')
         folder._lock()
         try:
             held = _holds_run(folder.path)

@@ -107,6 +107,7 @@ def _read_resume_state(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 
 
 def _check_destinations(args: argparse.Namespace) -> None:
+    check_writable(Path(args.output), '--output')
     if args.log_csv:
         check_writable(Path(args.log_csv).parent, '--log-csv')
     if not args.no_export:
