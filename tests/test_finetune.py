@@ -1,7 +1,8 @@
-"""timm_metalayers.finetune: folder data, digits, resume, export, torchrun and every bad-input path.
+"""timm_metalayers.finetune: folder data, digits, resume, export and bad input.
 
 Training runs in-process (``finetune.run`` / ``finetune.main``) on a tiny folder dataset written here;
-the command line runs as a subprocess (``torchrun`` and the fault injection: test_finetune_faults.py). Nothing touches the network.
+the command line runs as a subprocess (``torchrun`` and the fault injection: test_finetune_faults.py).
+Nothing touches the network.
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ def test_export_loads_back_through_timm(folder_run, local_hub):
     hub = out / 'hub'
     assert Path(result['export_dir']) == hub
     assert sorted(p.name for p in hub.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    modes = {p.name: p.stat().st_mode & 0o777 for p in hub.iterdir()}
+    assert len(set(modes.values())) == 1 and modes['model.safetensors'] & 0o044, modes  # the umask, not 0600
     config = json.loads((hub / 'config.json').read_text())
     assert config['architecture'] == 'metalayers_resnet18' and config['num_classes'] == 3
     assert config['label_names'] == CLASSES

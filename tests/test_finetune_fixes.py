@@ -76,7 +76,8 @@ def test_unwritable_destinations_fail_at_start(data_dir, tmp_path, capsys):
     a_file = tmp_path / 'a-file'
     a_file.write_text('not a folder')
     common = ['--data-dir', data_dir, *FAST]
-    fails(capsys, *common, '--output', a_file / 'run', match=f'--output {a_file / "run"}: {a_file} is a file, not a folder')
+    fails(capsys, *common, '--output', a_file / 'run',
+          match=f'--output {a_file / "run"}: {a_file} is a file, not a folder')
     fails(capsys, *common, '--output', tmp_path / 'r1', '--log-csv', a_file / 'log.csv',
           match=f'--log-csv {a_file}: {a_file} is a file, not a folder')
     fails(capsys, *common, '--output', tmp_path / 'r2', '--export-dir', a_file / 'hub',
@@ -183,7 +184,8 @@ def test_unreadable_checkpoint_json(stopped_run, data_dir, tmp_path, capsys):
     out = tmp_path / 'run'
     shutil.copytree(stopped_run, out)
     (out / 'checkpoint.json').write_text('{"format": "timm_metalayers.finetune/1", "epo')
-    fails(capsys, '--data-dir', data_dir, '--output', out, '--resume', *FAST, match=f'cannot read {out}/checkpoint.json')
+    fails(capsys, '--data-dir', data_dir, '--output', out, '--resume', *FAST,
+          match=f'cannot read {out}/checkpoint.json')
 
 
 def test_resume_with_another_optimizer_is_one_line(stopped_run, data_dir, capsys):

@@ -24,9 +24,10 @@ from torch import nn
 from .errors import FinetuneError, first_line
 from .faults import fault_point
 
-__all__ = ['CHECKPOINT_JSON', 'STATE_FORMAT', 'CHECKPOINT_FILES', 'make_temp_dir', 'atomic_write_bytes', 'atomic_write_json',
-           'checkpoint_name', 'read_run_state', 'find_run_state', 'save_checkpoint', 'checkpoint_run_id',
-           'checkpoint_folders', 'prune_checkpoints', 'remove_stray_temporaries', 'load_train_state']
+__all__ = ['CHECKPOINT_JSON', 'STATE_FORMAT', 'CHECKPOINT_FILES', 'make_temp_dir', 'follow_umask',
+           'atomic_write_bytes', 'atomic_write_json', 'checkpoint_name', 'read_run_state', 'find_run_state',
+           'save_checkpoint', 'checkpoint_run_id', 'checkpoint_folders', 'prune_checkpoints',
+           'remove_stray_temporaries', 'load_train_state']
 
 CHECKPOINT_JSON = 'checkpoint.json'
 STATE_FORMAT = 'timm_metalayers.finetune/1'
@@ -39,6 +40,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give a file the permissions a plain ``open`` would (some writers, mkstemp among them, make 0600)."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -62,7 +68,7 @@ def atomic_write_bytes(path: Path, data: bytes, fault: Optional[str] = None, epo
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private
+        follow_umask(Path(tmp))
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()

@@ -162,7 +162,8 @@ def _optimization_options(p: argparse.ArgumentParser) -> None:
     o.add_argument('--momentum', type=probability, default=0.9, help='momentum (SGD-like optimizers)')
     o.add_argument('--layer-decay', type=area_fraction, default=None,
                    help="layer-wise lr decay in (0, 1] (timm's create_optimizer_v2 with the model's group_matcher)")
-    o.add_argument('--warmup-epochs', type=non_negative_float, default=1.0, help='linear warmup before the cosine decay')
+    o.add_argument('--warmup-epochs', type=non_negative_float, default=1.0,
+                   help='linear warmup before the cosine decay')
     o.add_argument('--warmup-lr', type=non_negative_float, default=1e-5)
     o.add_argument('--min-lr', type=non_negative_float, default=1e-6, help='the schedule ends here (at most --lr)')
     o.add_argument('--smoothing', type=rate, default=0.1, help='label smoothing, in [0, 1)')

@@ -16,7 +16,7 @@ from typing import Any, Dict
 from torch import nn
 
 from ..hub import save_for_hub
-from .checkpoint import atomic_write_bytes, make_temp_dir
+from .checkpoint import atomic_write_bytes, follow_umask, make_temp_dir
 from .cli import command_line_echo
 from .data import PREPROCESSING_KEYS, Data
 from .faults import fault_point
@@ -81,6 +81,8 @@ def _write_export(folder: Path, args: argparse.Namespace, model: nn.Module, data
     card = folder / 'README.md'
     atomic_write_bytes(card, (card.read_text(encoding='utf-8').rstrip('\n') + _results_table(args, data, result))
                        .encode('utf-8'))
+    for f in folder.iterdir():  # the weights too, which safetensors writes as 0600
+        follow_umask(f)
 
 
 def export(args: argparse.Namespace, model: nn.Module, data: Data, result: Dict[str, Any]) -> Path:

@@ -101,8 +101,9 @@ def _read_resume_state(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         raise FinetuneError(f"the checkpoint has in_chans={state['in_chans']}, not {args.in_chans} "
                             f"(pass --in-chans {state['in_chans']} to resume it)")
     if state['args']['opt'] != args.opt:
-        raise FinetuneError(f"the checkpoint in {where} was trained with --opt {state['args']['opt']}, not "
-                            f"--opt {args.opt}: resume with --opt {state['args']['opt']} or start over with --overwrite")
+        old = state['args']['opt']
+        raise FinetuneError(f'the checkpoint in {where} was trained with --opt {old}, not --opt {args.opt}: resume '
+                            f'with --opt {old} or start over with --overwrite')
     return state
 
 
