@@ -3,8 +3,8 @@ writing and export, a second run into the same folder, a rerun without --resume,
 killed under torchrun. After each, ``--resume`` ends with the weights of an uninterrupted run, and no file
 the user put in the run folder is gone.
 
-The killed runs are forked children of the test process (``faults.fault_point`` sends the signal), so
-they start without importing anything again; the resumed runs run in-process.
+The killed runs are children forked from a server that has the package imported (``faults.fault_point``
+sends the signal), so they start without importing anything again; the resumed runs run in-process.
 """
 from __future__ import annotations
 
