@@ -6,7 +6,8 @@
     torchrun --nproc_per_node=2 examples/finetune.py --data-dir data/
     python examples/finetune.py --help                # every option
 
-See ``timm_metalayers/finetune.py`` for what it writes and how resuming works.
+See the ``timm_metalayers.finetune`` package (its ``checkpoint`` and ``run_folder`` modules) for what it writes
+and how resuming works.
 """
 import sys
 
