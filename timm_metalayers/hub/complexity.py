@@ -44,10 +44,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
 
 def layers_used(model: nn.Module, architecture: Optional[str] = None) -> List[str]:
     """Names from ``timm_metalayers.layers`` the model's family uses (imported by its modules or instantiated)."""
-    try:
-        from timm_metalayers import layers
-    except ImportError:  # pragma: no cover - package partially installed
-        return []
+    from timm_metalayers import layers
     public = getattr(layers, '__all__', None) or [n for n in dir(layers) if not n.startswith('_')]
     exported = {n: getattr(layers, n) for n in public if hasattr(layers, n)}
     used = set()

@@ -31,9 +31,6 @@ def register_with_timm() -> None:
         if hasattr(create_norm, '_NORM_TYPES'):
             create_norm._NORM_TYPES.update({ChannelLayerNorm, LayerNormV2})
 
-    try:
-        from timm.layers import register_notrace_module
-    except ImportError:
-        return
+    from timm.layers import register_notrace_module
     for module in (DropBlock, StochasticDepth, ChannelLayerNorm, LayerNormV2, LayerScale, SwapDims, Affine, TokenPool):
         register_notrace_module(module)
