@@ -5,3 +5,4 @@ from . import inception_v3, inception_v4, inception_resnet_v2
 from . import mobilenetv3
 from . import vgg
 from . import densenet
+from . import xception
