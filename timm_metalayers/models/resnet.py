@@ -180,7 +180,8 @@ def bottle2neck(inplanes: int, planes: int, *, stride: int = 1, cardinality: int
     ``conv_norm``. The pass-through group is the last one, as in timm's Res2Net (Metalhead puts it first)."""
     check_positive_int(scale, 'scale')
     if reduction_factor != 1:
-        raise ValueError(f'bottle2neck supports only reduction_factor=1, got {reduction_factor}')
+        raise ValueError(f'bottle2neck supports only reduction_factor=1, '
+                         f'got reduction_factor={reduction_factor}')
     width = int(math.floor(planes * (base_width / 64.0))) * cardinality
     outplanes = planes * bottle2neck.expansion
     is_first = stride != 1 or inplanes != outplanes
