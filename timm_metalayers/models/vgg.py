@@ -46,15 +46,16 @@ def vgg_stage(inplanes: int, outplanes: int, depth: int, *, act_layer: Any = 're
 class ConvMlp(nn.Module):
     """VGG's first two fully-connected layers as convolutions on the unpooled map (timm's "pre-logits"):
     ``fc1`` a ``kernel_size`` conv (the 7x7 window of the original 4096-unit layer), dropout, ``fc2`` a 1x1 conv,
-    each with its activation. A map smaller than the kernel is first average-pooled up to it, as timm does."""
+    each with its activation (``fc1`` to ``hidden_planes``, by default ``outplanes``). A map smaller than the kernel is first average-pooled up to it, as timm does."""
 
-    def __init__(self, inplanes: int, hidden_planes: int, *, kernel_size: int = 7, act_layer: Any = 'relu',
-                 drop_rate: float = 0.0):
+    def __init__(self, inplanes: int, outplanes: int, *, hidden_planes: Optional[int] = None, kernel_size: int = 7,
+                 act_layer: Any = 'relu', drop_rate: float = 0.0):
         super().__init__()
         self.kernel_size = check_positive_int(kernel_size, 'kernel_size')
+        hidden_planes = check_positive_int(hidden_planes or outplanes, 'hidden_planes')
         self.fc1 = nn.Sequential(*conv_norm(kernel_size, inplanes, hidden_planes, act_layer, norm_layer=None))
         self.drop = nn.Dropout(drop_rate)
-        self.fc2 = nn.Sequential(*conv_norm(1, hidden_planes, hidden_planes, act_layer, norm_layer=None))
+        self.fc2 = nn.Sequential(*conv_norm(1, hidden_planes, outplanes, act_layer, norm_layer=None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] < self.kernel_size or x.shape[-1] < self.kernel_size:
@@ -80,6 +81,7 @@ class VGG(TimmModel):
             in_chans: int = 3,
             batchnorm: bool = False,
             fcsize: int = 4096,
+            mlp_ratio: float = 1.0,
             act_layer: Any = 'relu',
             norm_layer: Any = nn.BatchNorm2d,
             global_pool: Any = 'avg',
@@ -99,6 +101,9 @@ class VGG(TimmModel):
             check_positive_int(row[1], f'config[{i}] number of convs')
         check_bool(batchnorm, 'batchnorm')
         check_positive_int(fcsize, 'fcsize')
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0 \
+                or int(fcsize * mlp_ratio) < 1:
+            raise ValueError(f'mlp_ratio must be a number > 0 that leaves fcsize * mlp_ratio >= 1, got {mlp_ratio!r}')
         check_positive_int(in_chans, 'in_chans')
         check_positive_int(num_classes, 'num_classes', allow_zero=True)
         drop_rate = check_probability(drop_rate, 'drop_rate') or 0.0
@@ -116,7 +121,8 @@ class VGG(TimmModel):
                 feature_info.append(dict(num_chs=channels, reduction=reduction, module=name))
                 reduction *= 2
             feature_info.append(dict(num_chs=channels, reduction=reduction, module=f'pool{len(config)}'))
-            self.pre_logits = ConvMlp(channels, fcsize, act_layer=act_layer, drop_rate=drop_rate)
+            self.pre_logits = ConvMlp(channels, fcsize, hidden_planes=int(fcsize * mlp_ratio), act_layer=act_layer,
+                                      drop_rate=drop_rate)
             self.head = create_classifier(fcsize, num_classes, pool_layer=global_pool, dropout_prob=drop_rate or None)
             self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
                                 num_features=channels, feature_info=feature_info)
@@ -140,7 +146,8 @@ def vgg(depth_or_config: Any = 16, **options) -> VGG:
     """Build a VGG, like Metalhead's ``vgg``: ``depth_or_config`` is 11, 13, 16 or 19 (``VGG_CONFIGS``) or a
     table of ``(output channels, number of convs)`` per stage.
 
-    Options: ``batchnorm`` (a norm after every conv), ``fcsize`` (width of the pre-logits, 4096), ``act_layer``,
+    Options: ``batchnorm`` (a norm after every conv), ``fcsize`` (width of the pre-logits, 4096), ``mlp_ratio``
+    (width of the 7x7 pre-logits conv relative to ``fcsize``, timm's argument), ``act_layer``,
     ``norm_layer`` (used when ``batchnorm``), ``drop_rate`` (dropout in the pre-logits and the head),
     ``global_pool``, ``num_classes``, ``in_chans``.
     """
