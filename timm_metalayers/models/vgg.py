@@ -189,8 +189,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VGG) -> Dic
 
 
 def _create_vgg(variant: str, pretrained: bool, depth: int, batchnorm: bool, **kwargs) -> VGG:
+    # features_only gives all six features by default, as timm's VGG
     return build_family_model(VGG, variant, pretrained, checkpoint_filter_fn, config=VGG_CONFIGS[depth],
-                              batchnorm=batchnorm, **kwargs)
+                              batchnorm=batchnorm, feature_cfg=dict(out_indices=(0, 1, 2, 3, 4, 5)), **kwargs)
 
 
 default_cfgs = twin_pretrained_cfgs({f'vgg{d}{bn}': ('tv_in1k',) for d in VGG_CONFIGS for bn in ('', '_bn')},
