@@ -56,12 +56,19 @@ def test_filter_names_broken_keys(xception_file):
     assert list(checkpoint_filter_fn(ours, model)) == list(ours)
 
 
-def test_flows_and_features():
-    model = timm.create_model('metalayers_legacy_xception', features_only=True).eval()
+def test_flows_and_features(xception_file):
+    ref, path = xception_file
+    model = timm.create_model('metalayers_legacy_xception', features_only=True, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=path)).eval()
     assert model.feature_info.channels() == [64, 128, 256, 728, 2048]
     assert model.feature_info.reduction() == [2, 4, 8, 16, 32]
-    outs = model(torch.randn(1, 3, 96, 96))
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        outs = model(x)
+        theirs = ref.forward_intermediates(x, intermediates_only=True)
     assert [o.shape[1] for o in outs] == [64, 128, 256, 728, 2048]
+    for ours, tap in zip(outs, theirs):  # timm takes the blocks' outputs after the next block's ReLU
+        torch.testing.assert_close(torch.relu(ours), tap, rtol=1e-4, atol=1e-4 * max(1.0, tap.abs().max().item()))
     full = timm.create_model('metalayers_legacy_xception')
     assert len(full.entry_flow) == 3 and len(full.middle_flow) == 8 and len(full.exit_flow) == 3
 
