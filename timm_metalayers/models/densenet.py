@@ -18,7 +18,7 @@ from timm.models import register_model
 from ..layers import cat_channels, conv_norm, create_classifier
 from ..layers._factory import check_positive_int, check_probability, check_real, resolve_norm_act_layer
 from ._base import TimmModel, device_context
-from ._helpers import build_family_model, remap_checkpoint, twin_pretrained_cfgs
+from ._helpers import build_family_model, init_kaiming, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['DenseNet', 'DenseBottleneck', 'densenet', 'dense_bottleneck', 'dense_block', 'transition']
 
@@ -134,12 +134,8 @@ class DenseNet(TimmModel):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """Kaiming-normal convs, unit/zero norms, zero Linear bias (torchvision's DenseNet init)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        """Kaiming-normal convs (fan in), zero Linear bias: torchvision's DenseNet init."""
+        init_kaiming(self, mode='fan_in', zero_linear_bias=True)
 
 
 def densenet(growth_rate: int = 32, block_config: Sequence[int] = (6, 12, 24, 16), **options) -> DenseNet:

@@ -22,7 +22,7 @@ from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_
 from ..layers.mbconv import MBConv
 from ..layers.pool import create_pool
 from ._base import TimmModel, device_context
-from ._helpers import build_family_model, conv_to_linear, remap_checkpoint, twin_pretrained_cfgs
+from ._helpers import build_family_model, conv_to_linear, init_kaiming, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['MobileNetV3', 'mobilenetv3', 'MOBILENETV3_CONFIGS', 'checkpoint_filter_fn']
 
@@ -98,11 +98,7 @@ class MobileNetV3(TimmModel):
     @torch.jit.ignore
     def init_weights(self) -> None:
         """Kaiming-normal convs (fan out) with zero biases, as timm's MobileNetV3."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_kaiming(self)
 
 
 def _check_row(row: Sequence, i: int) -> Row:

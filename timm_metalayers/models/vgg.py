@@ -17,7 +17,7 @@ from timm.models import register_model
 from ..layers import conv_norm, create_classifier
 from ..layers._factory import check_bool, check_positive_int, check_probability
 from ._base import TimmModel, device_context
-from ._helpers import build_family_model, remap_checkpoint, twin_pretrained_cfgs
+from ._helpers import build_family_model, init_kaiming, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['VGG', 'vgg', 'vgg_stage', 'ConvMlp', 'VGG_CONFIGS']
 
@@ -131,15 +131,8 @@ class VGG(TimmModel):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """Kaiming-normal convs (fan out), unit/zero norms, as timm's VGG."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        """Kaiming-normal convs (fan out), Linear weights ~ N(0, 0.01), zero biases, as timm's VGG."""
+        init_kaiming(self, linear_std=0.01)
 
 
 def vgg(depth_or_config: Any = 16, **options) -> VGG:

@@ -16,7 +16,7 @@ from timm.models import register_model
 from ..layers import conv_norm, create_classifier, create_norm, dwsep_conv_norm, resolve_norm_layer
 from ..layers._factory import check_bool, check_positive_int, check_probability, create_activation
 from ._base import TimmModel, device_context
-from ._helpers import build_family_model, remap_checkpoint, twin_pretrained_cfgs
+from ._helpers import build_family_model, init_kaiming, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['Xception', 'XceptionBlock', 'xception', 'xception_block', 'separable_conv_norm']
 
@@ -131,10 +131,8 @@ class Xception(TimmModel):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """Kaiming-normal convs (fan out), unit/zero norms, as timm's Xception."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+        """Kaiming-normal convs (fan out), as timm's Xception."""
+        init_kaiming(self)
 
 
 def xception(**options) -> Xception:
