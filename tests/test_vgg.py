@@ -5,8 +5,8 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import assert_logits_close, assert_meta_mapping, assert_tags_are_timms, ours_from_file, \
-    timm_checkpoint
+from twin_checks import (assert_adapts_in_chans_and_head, assert_logits_close, assert_meta_mapping,
+                         assert_tags_are_timms, ours_from_file, timm_checkpoint)
 from timm_metalayers.models.vgg import ConvMlp, checkpoint_filter_fn, vgg
 from timm_metalayers.state_dict import CheckpointMismatchError
 
@@ -47,11 +47,7 @@ def test_pretrained_tags_are_timms():
 def test_pretrained_adapts_in_chans_head_and_features(vgg11_bn_file):
     _, path = vgg11_bn_file
     kw = dict(pretrained=True, pretrained_cfg_overlay=dict(file=path))
-    ref1 = timm.create_model('vgg11_bn', in_chans=1, num_classes=0, **kw).eval()
-    ours1 = ours_from_file('vgg11_bn', path, in_chans=1, num_classes=0)
-    x = torch.randn(1, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(ours1(x), ref1(x), rtol=1e-4, atol=1e-4)
+    assert_adapts_in_chans_and_head('vgg11_bn', path, size=32)
     ours_feats = timm.create_model('metalayers_vgg11_bn', features_only=True, **kw).eval()
     ref_feats = timm.create_model('vgg11_bn', features_only=True, **kw).eval()
     assert ours_feats.feature_info.channels() == ref_feats.feature_info.channels()

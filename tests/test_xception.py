@@ -4,7 +4,8 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import assert_logits_close, assert_tags_are_timms, ours_from_file, timm_checkpoint
+from twin_checks import (assert_adapts_in_chans_and_head, assert_logits_close, assert_tags_are_timms, ours_from_file,
+                         timm_checkpoint)
 from timm_metalayers.models.xception import XceptionBlock, checkpoint_filter_fn, xception, xception_block
 from timm_metalayers.state_dict import CheckpointMismatchError
 
@@ -30,13 +31,7 @@ def test_pretrained_tags_are_timms():
 
 def test_pretrained_adapts_in_chans_and_head(xception_file):
     _, path = xception_file
-    ref1 = timm.create_model('legacy_xception', pretrained=True, pretrained_cfg_overlay=dict(file=path), in_chans=1,
-                             num_classes=0).eval()
-    ours1 = ours_from_file('legacy_xception', path, in_chans=1, num_classes=0)
-    x = torch.randn(1, 1, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours1(x), ref1(x), rtol=1e-4, atol=1e-4 * max(1.0, ref1(x).abs().max().item()))
-    assert ours_from_file('legacy_xception', path, num_classes=3)(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert_adapts_in_chans_and_head('legacy_xception', path)
 
 
 def test_filter_names_broken_keys(xception_file):
@@ -90,8 +85,8 @@ def test_xception_block_skip_and_first_activation():
 
 
 def test_act_norm_and_regularisers():
-    model = xception(middle_repeats=2, act_layer='silu', norm_layer=lambda c: nn.GroupNorm(8, c), drop_rate=0.3, global_pool='max',
-                     num_classes=4)
+    model = xception(middle_repeats=2, act_layer='silu', norm_layer=lambda c: nn.GroupNorm(8, c), drop_rate=0.3,
+                     global_pool='max', num_classes=4)
     assert not any(isinstance(m, (nn.ReLU, nn.BatchNorm2d)) for m in model.modules())
     assert sum(isinstance(m, nn.SiLU) for m in model.modules()) == 2 + 1 + 2 + 2 + 3 * 2 + 2 + 2
     assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) == 2 + 3 * 3 + 3 * 2 + 2 + 1 + 2

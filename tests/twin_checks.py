@@ -67,3 +67,17 @@ def assert_tags_are_timms(prefix_archs, first_conv: str = 'stem.0') -> None:
             for field in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'num_classes'):
                 assert getattr(cfg, field) == getattr(ref, field), (arch, tag, field)
             assert cfg.first_conv == first_conv and cfg.classifier == 'head.fc'
+
+
+def assert_adapts_in_chans_and_head(arch: str, path: str, size: int = 64) -> nn.Module:
+    """Loaded with ``in_chans=1`` and ``num_classes=0``, our twin equals timm's loaded the same way (timm adapts the
+    first conv, drops the classifier); with ``num_classes=5`` it gives 5 logits. Returns the 1-channel model."""
+    kw = dict(pretrained=True, pretrained_cfg_overlay=dict(file=path), in_chans=1)
+    ref1 = timm.create_model(arch, num_classes=0, **kw).eval()
+    ours1 = timm.create_model(f'metalayers_{arch}', num_classes=0, **kw).eval()
+    x = torch.randn(1, 1, size, size)
+    with torch.no_grad():
+        expected = ref1(x)
+        torch.testing.assert_close(ours1(x), expected, rtol=1e-4, atol=1e-4 * max(1.0, expected.abs().max().item()))
+        assert timm.create_model(f'metalayers_{arch}', num_classes=5, **kw).eval()(x).shape == (1, 5)
+    return ours1

@@ -46,7 +46,8 @@ def vgg_stage(inplanes: int, outplanes: int, depth: int, *, act_layer: Any = 're
 class ConvMlp(nn.Module):
     """VGG's first two fully-connected layers as convolutions on the unpooled map (timm's "pre-logits"):
     ``fc1`` a ``kernel_size`` conv (the 7x7 window of the original 4096-unit layer), dropout, ``fc2`` a 1x1 conv,
-    each with its activation (``fc1`` to ``hidden_planes``, by default ``outplanes``). A map smaller than the kernel is first average-pooled up to it, as timm does."""
+    each with its activation (``fc1`` to ``hidden_planes``, by default ``outplanes``). A map smaller than the
+    kernel is first average-pooled up to it, as timm does."""
 
     def __init__(self, inplanes: int, outplanes: int, *, hidden_planes: Optional[int] = None, kernel_size: int = 7,
                  act_layer: Any = 'relu', drop_rate: float = 0.0):
