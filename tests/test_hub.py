@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-import yaml
-from huggingface_hub import hf_hub_download
+from huggingface_hub import ModelCard, hf_hub_download
 
 import timm
 import timm_metalayers  # noqa: F401  (registers the metalayers_* models)
@@ -22,6 +21,7 @@ from timm_metalayers import hub
 from timm_metalayers.hub import (
     CheckpointMismatchError, CorruptCheckpointError, HubConnectionError, HubLoadError, MissingFileError,
     MissingWeightsError, UnknownArchitectureError, UnsafeCheckpointError)
+from timm_metalayers.hub.loading import classifier_names
 
 # A registered metalayers model when the ResNet family is there, else timm's tiny test model.
 MODEL = 'metalayers_resnet18' if timm.list_models('metalayers_resnet18') else 'test_resnet'
@@ -59,7 +59,7 @@ def assert_unchanged(model: torch.nn.Module, before: dict) -> None:
 
 def front_matter(card: str) -> dict:
     assert card.startswith('---\n')
-    return yaml.safe_load(card[4:card.index('\n---', 4)])
+    return ModelCard(card).data.to_dict()
 
 
 @pytest.fixture(scope='module')
@@ -167,6 +167,7 @@ def test_push_to_hub_then_create_model_gives_identical_logits(local_hub):
     # the checked loader
     checked = hub.create_model_from_hub('hf-hub:my-org/my-model')
     assert torch.equal(logits(checked), expected)
+    assert checked.pretrained_cfg == loaded.pretrained_cfg  # built from the same config.json as timm's hf-hub:
     checked = hub.create_model_from_hub('my-org/my-model', revision=info.oid)
     assert torch.equal(logits(checked), expected)
 
@@ -196,7 +197,7 @@ def test_new_head_from_hub_checkpoint(local_hub, saved_dir: Path):
     source = timm.create_model('hf-hub:org/base', pretrained=True)
     tuned = hub.create_model_from_hub('org/base', num_classes=3)
     assert tuned.num_classes == 3
-    head = set(hub._classifier_names(tuned, None))
+    head = set(classifier_names(tuned, None))
     for k, v in tuned.state_dict().items():
         if not any(k.startswith(h + '.') for h in head):
             assert torch.equal(v, source.state_dict()[k]), k
@@ -370,7 +371,7 @@ def test_num_classes_mismatch(local_hub, saved_dir: Path):
     # replacing the head: trunk loaded, head left as it was
     hub.load_weights(target, saved_dir, replace_head=True)
     saved = safetensors.torch.load_file(saved_dir / 'model.safetensors')
-    head = set(hub._classifier_names(target, None))
+    head = set(classifier_names(target, None))
     for k, v in target.state_dict().items():
         if any(k.startswith(h + '.') for h in head):
             assert torch.equal(v, before[k])

@@ -1,7 +1,9 @@
 """timm's model API, checked the same way on every registered ``metalayers_*`` model.
 
 A new family is covered the day it is registered. Each model is built once per worker at a small input
-size (the fixed-size ViTs with a small ``img_size``) and shared by the tests below.
+size (the fixed-size ViTs with a small ``img_size``) and shared by the tests below. The checks that run a
+training step twice or convert the model (gradient checkpointing, float64, a pruned model's backward) run
+on the smallest model of each family module: they exercise the shared machinery, not the variant's size.
 """
 import copy
 import math
@@ -17,6 +19,21 @@ import timm_metalayers  # noqa: F401  (registers the models)
 from timm_metalayers.layers import ClassifierHead
 
 MODELS = sorted(timm.list_models('metalayers_*'))
+
+
+def _smallest_per_family(names):
+    """The model with the fewest parameters of each family module (counted on the meta device)."""
+    from timm.models import model_entrypoint
+    best = {}
+    for name in names:
+        count = sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
+        module = model_entrypoint(name).__module__
+        if module not in best or count < best[module][0]:
+            best[module] = (count, name)
+    return sorted(name for _, name in best.values())
+
+
+REPRESENTATIVES = _smallest_per_family(MODELS)
 NUM_CLASSES = 7
 SMALL_SIZE = 64
 
@@ -35,18 +52,33 @@ def _build(name: str) -> nn.Module:
     return timm.create_model(name, **kwargs).eval()
 
 
-@pytest.fixture(scope='module', params=[pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in MODELS])
-def built(request) -> Tuple[nn.Module, torch.Tensor]:
-    """(model in eval mode, a batch of 2 images it takes), built once: pytest groups the tests by model
-    (one model alive at a time) and ``--dist loadgroup`` keeps a model's tests on one worker."""
-    model = _build(request.param)
+def _params(names):
+    return [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in names]
+
+
+def _model_and_input(name: str) -> Tuple[nn.Module, torch.Tensor]:
+    model = _build(name)
     patch_embed = getattr(model, 'patch_embed', None)
     size = tuple(patch_embed.img_size) if patch_embed is not None else _input_size(model)
     return model, torch.randn(2, model.in_chans, *size)
 
 
+@pytest.fixture(scope='module', params=_params(MODELS))
+def built(request) -> Tuple[nn.Module, torch.Tensor]:
+    """(model in eval mode, a batch of 2 images it takes), built once: pytest groups the tests by model
+    (one model alive at a time) and ``--dist loadgroup`` keeps a model's tests on one worker."""
+    return _model_and_input(request.param)
+
+
+@pytest.fixture(scope='module', params=_params(REPRESENTATIVES))
+def representative(request) -> Tuple[nn.Module, torch.Tensor]:
+    """As ``built``, for the smallest model of each family."""
+    return _model_and_input(request.param)
+
+
 def test_registered_models_exist():
     assert len(MODELS) >= 24
+    assert len(REPRESENTATIVES) >= 6 and set(REPRESENTATIVES) <= set(MODELS)
 
 
 @torch.no_grad()
@@ -125,8 +157,8 @@ def test_prune_intermediate_layers(built):
         assert pruned(x).shape == (2, 3)
 
 
-def test_pruned_model_trains_every_parameter(built):
-    model, x = built
+def test_pruned_model_trains_every_parameter(representative):
+    model, x = representative
     pruned = copy.deepcopy(model).train()
     take = pruned.prune_intermediate_layers([0], prune_norm=True)
     features = pruned.forward_intermediates(x, indices=take, intermediates_only=True)
@@ -135,8 +167,8 @@ def test_pruned_model_trains_every_parameter(built):
     assert not unused
 
 
-def test_reset_classifier_device_dtype_and_mode(built):
-    model, x = built
+def test_reset_classifier_device_dtype_and_mode(representative):
+    model, x = representative
     model = copy.deepcopy(model).to(torch.float64).train()
     model.reset_classifier(5)
     assert all(p.dtype == torch.float64 and p.requires_grad for p in model.head.parameters())
@@ -150,8 +182,8 @@ def test_reset_classifier_device_dtype_and_mode(built):
         model.reset_classifier(-1)
 
 
-def test_grad_checkpointing_same_output_and_gradients(built):
-    model, x = built
+def test_grad_checkpointing_same_output_and_gradients(representative):
+    model, x = representative
     model = copy.deepcopy(model)
     plain = model(x)
     plain.sum().backward()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-import yaml
+from huggingface_hub import ModelCard
 
 import timm
 import timm_metalayers  # noqa: F401
@@ -39,7 +39,7 @@ def expected() -> dict:
 
 def front_matter(card: str) -> dict:
     assert card.startswith('---\n'), 'card must open with YAML front matter'
-    return yaml.safe_load(card[4:card.index('\n---', 4)])
+    return ModelCard(card).data.to_dict()
 
 
 def test_every_pretrained_tag_has_a_current_card(expected: dict):

@@ -8,6 +8,7 @@ from torch import nn
 
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
+from ..hub.download import pretrained_weights_error
 from ..state_dict import CheckpointMismatchError, check_state_dict
 
 Renamer = Callable[[str], Optional[str]]
@@ -123,9 +124,19 @@ def build_family_model(model_fn: Callable[..., nn.Module], variant: str, pretrai
                        checkpoint_filter_fn: Callable, *, feature_cfg: Optional[Dict] = None,
                        **kwargs) -> nn.Module:
     """``timm.models.build_model_with_cfg`` as every family here uses it: weights through the family's strict
-    ``checkpoint_filter_fn``, and ``features_only`` through ``forward_intermediates`` (timm's getter)."""
-    return build_model_with_cfg(model_fn, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(feature_cls='getter', **(feature_cfg or {})), **kwargs)
+    ``checkpoint_filter_fn``, and ``features_only`` through ``forward_intermediates`` (timm's getter).
+
+    A failed download of the tag's pretrained weights (offline with an empty cache, no network, no such repo)
+    is a one-line :class:`~timm_metalayers.hub.HubLoadError` subclass naming the tag, its Hub repository and
+    the file, instead of huggingface_hub's generic message."""
+    try:
+        return build_model_with_cfg(model_fn, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                    feature_cfg=dict(feature_cls='getter', **(feature_cfg or {})), **kwargs)
+    except Exception as e:
+        error = pretrained_weights_error(e, variant, kwargs) if pretrained else None
+        if error is None:
+            raise
+        raise error from e
 
 
 def twin_pretrained_cfgs(tags: Dict[str, Sequence[str]], **overrides) -> Dict:
