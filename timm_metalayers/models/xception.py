@@ -83,8 +83,8 @@ class Xception(TimmModel):
     Modules: ``stem`` (two 3x3 ``conv_norm``), ``entry_flow`` (3 strided blocks), ``middle_flow`` (8 blocks),
     ``exit_flow`` (a strided block and two ``separable_conv_norm``) and ``head``.
     """
-    block_pattern = [(r'^entry_flow\.(\d+)', None), (r'^middle_flow\.(\d+)', (3,)), (r'^exit_flow\.(\d+)', (11,))]
-    block_pattern_coarse = r'^(entry_flow|middle_flow|exit_flow)'
+    # one parameter group per flow, in forward order (timm's matcher orders groups by numbers captured from names)
+    block_pattern = [(r'^entry_flow', (0,)), (r'^middle_flow', (1,)), (r'^exit_flow', (2,))]
 
     def __init__(
             self,
