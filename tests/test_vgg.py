@@ -14,13 +14,8 @@ ARCHS = [f'vgg{d}{bn}' for d in (11, 13, 16, 19) for bn in ('', '_bn')]
 SLIM = dict(mlp_ratio=1 / 64)  # timm's argument: a 64-wide 7x7 pre-logits conv keeps the test files small
 
 
-@pytest.fixture(scope='module')
-def vgg11_bn_file(tmp_path_factory):
-    return timm_checkpoint('vgg11_bn', tmp_path_factory.mktemp('vgg'))
-
-
-def test_parity_full_size_pre_logits(vgg11_bn_file):
-    ref, path = vgg11_bn_file
+def test_parity_full_size_pre_logits(tmp_path):
+    ref, path = timm_checkpoint('vgg11_bn', tmp_path)
     ours = ours_from_file('vgg11_bn', path)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     assert_logits_close(ours, ref, (64, 64))
@@ -44,10 +39,10 @@ def test_pretrained_tags_are_timms():
     assert_tags_are_timms(ARCHS, first_conv='stage1.0')
 
 
-def test_pretrained_adapts_in_chans_head_and_features(vgg11_bn_file):
-    _, path = vgg11_bn_file
-    kw = dict(pretrained=True, pretrained_cfg_overlay=dict(file=path))
-    assert_adapts_in_chans_and_head('vgg11_bn', path, size=32)
+def test_pretrained_adapts_in_chans_head_and_features(tmp_path):
+    _, path = timm_checkpoint('vgg11_bn', tmp_path, **SLIM)
+    kw = dict(pretrained=True, pretrained_cfg_overlay=dict(file=path), **SLIM)
+    assert_adapts_in_chans_and_head('vgg11_bn', path, size=32, **SLIM)
     ours_feats = timm.create_model('metalayers_vgg11_bn', features_only=True, **kw).eval()
     ref_feats = timm.create_model('vgg11_bn', features_only=True, **kw).eval()
     assert ours_feats.feature_info.channels() == ref_feats.feature_info.channels()
@@ -58,10 +53,9 @@ def test_pretrained_adapts_in_chans_head_and_features(vgg11_bn_file):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_filter_names_broken_keys(vgg11_bn_file):
-    ref, _ = vgg11_bn_file
+def test_filter_names_broken_keys():
     model = timm.create_model('metalayers_vgg11_bn', device='meta')
-    sd = {k: v.to('meta') for k, v in ref.state_dict().items()}
+    sd = timm.create_model('vgg11_bn', device='meta').state_dict()
     missing = {k: v for k, v in sd.items() if k != 'features.5.running_mean'}
     with pytest.raises(CheckpointMismatchError, match=r'stage2\.1\.running_mean'):
         checkpoint_filter_fn(missing, model)

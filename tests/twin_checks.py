@@ -69,10 +69,10 @@ def assert_tags_are_timms(prefix_archs, first_conv: str = 'stem.0') -> None:
             assert cfg.first_conv == first_conv and cfg.classifier == 'head.fc'
 
 
-def assert_adapts_in_chans_and_head(arch: str, path: str, size: int = 64) -> nn.Module:
+def assert_adapts_in_chans_and_head(arch: str, path: str, size: int = 64, **kwargs) -> nn.Module:
     """Loaded with ``in_chans=1`` and ``num_classes=0``, our twin equals timm's loaded the same way (timm adapts the
     first conv, drops the classifier); with ``num_classes=5`` it gives 5 logits. Returns the 1-channel model."""
-    kw = dict(pretrained=True, pretrained_cfg_overlay=dict(file=path), in_chans=1)
+    kw = dict(pretrained=True, pretrained_cfg_overlay=dict(file=path), in_chans=1, **kwargs)
     ref1 = timm.create_model(arch, num_classes=0, **kw).eval()
     ours1 = timm.create_model(f'metalayers_{arch}', num_classes=0, **kw).eval()
     x = torch.randn(1, 1, size, size)
