@@ -190,7 +190,8 @@ class TimmModel(nn.Module):
             self.num_features = self.feature_info[max_index]['num_chs']
         pre_logits = self._modules.get('pre_logits')
         if pre_logits is not None and not isinstance(pre_logits, nn.Identity) and (prune_head or prune_end):
-            pre_logits = self.pre_logits = nn.Identity()  # as timm's VGG: the head then takes the features
+            # as timm's VGG: the head then takes the features
+            pre_logits = self.pre_logits = nn.Identity().train(self.training)
         feeds_head = pre_logits is None or isinstance(pre_logits, nn.Identity)
         if prune_head or (feeds_head and self.num_features != self.head.in_features):
             self.head.reset(self.head.num_classes, inplanes=self.num_features, keep_hidden=False)
