@@ -56,6 +56,12 @@ skip_timm_test(
     'out of its own CI). '
     'The other metalayers_vit models run it; set TIMM_METALAYERS_SLOW_TESTS=1 to run it here too.',
     when=lambda: os.environ.get('TIMM_METALAYERS_SLOW_TESTS', '') != '1')
+skip_timm_test(
+    'test_model_default_cfgs', 'metalayers_vgg*',
+    'VGG\'s pre-logits 7x7 conv runs on the map before the global pool, so without a pool the output is the '
+    'conv\'s (N, 4096, 1, 1) map, not the (7, 7) pool_size; timm exempts its own VGG from these two checks '
+    '(EARLY_POOL_MODELS, an isinstance test ours cannot meet). tests/test_vgg.py runs the other checks of this '
+    'test on these models (num_features, head_hidden_size, pre_logits, reset_classifier, num_classes=0).')
 
 # AlexNet: its head's hidden layers read the 6x6 pooled grid.
 skip_timm_test(

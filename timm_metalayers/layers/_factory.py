@@ -93,6 +93,25 @@ def resolve_norm_layer(norm_layer: NormArg, *, argname: str = 'norm_layer') -> O
     return norm_layer
 
 
+def resolve_norm_act_layer(norm_layer: NormArg, act_layer: ActivationArg, *, argname: str = 'norm_layer'
+                           ) -> Optional[Callable[[int], nn.Module]]:
+    """A ``planes -> nn.Module`` factory of ``norm_layer`` followed by ``act_layer`` in one module (Flux's
+    ``BatchNorm(planes, relu)``; timm's ``BatchNormAct2d`` and kin), or None for "no normalisation".
+
+    For pre-activation blocks: ``conv_norm(..., activation=None, revnorm=True, norm_layer=<this>)`` is
+    norm → act → conv. The state-dict keys are those of ``norm_layer``.
+    """
+    from timm.layers import get_norm_act_layer
+    factory = resolve_norm_layer(norm_layer, argname=argname)
+    if factory is None:
+        return None
+    try:
+        return get_norm_act_layer(factory, act_layer=act_layer)
+    except (AssertionError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f'{argname}={norm_layer!r} with act_layer={act_layer!r} has no fused norm + activation '
+                         f'layer in timm ({error})') from None
+
+
 def create_norm(norm_factory: Callable[[int], nn.Module], planes: int, *, argname: str = 'norm_layer') -> nn.Module:
     """Call a norm factory for ``planes`` and check that it returned a module."""
     layer = norm_factory(planes)

@@ -1,7 +1,7 @@
 """Normalisation layers of the guide: ``LayerNormV2``, ``ChannelLayerNorm`` and ``prenorm``."""
 
 import numbers
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 import torch.nn.functional as F

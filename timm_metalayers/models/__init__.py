@@ -6,3 +6,6 @@ from . import mobilenetv3
 from . import googlenet, squeezenet, alexnet
 from . import convnext, convmixer, mlp_mixer
 from . import efficientnet
+from . import vgg
+from . import densenet
+from . import xception

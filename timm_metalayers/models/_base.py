@@ -6,7 +6,9 @@ A family builds its modules and declares its layout; ``TimmModel`` does the rest
   names in ``not_trunk``); ``forward_features`` runs them in that order;
 - ``feature_info`` names the modules whose outputs are the features (``"layer2"``, ``"stages.3"``,
   ``"blocks.7"``): a child of the model or a child of one of its children;
-- ``head`` is the ``ClassifierHead`` that ``create_classifier`` returns;
+- ``head`` is the ``ClassifierHead`` that ``create_classifier`` returns; an optional ``pre_logits`` module
+  (VGG's conv MLP, which runs on the unpooled map) sits between the trunk and the head: ``forward_head``
+  runs it first, ``pre_logits=True`` keeps it (timm's semantics), and pruning the head removes it;
 - ``final_norm`` (optional) names a trunk module that is the final norm: ``norm=True`` applies it to the
   intermediates, and only ``prune_norm`` removes it;
 - ``final_conv`` (optional) names a trunk module after the last feature that maps the trunk's output to
@@ -72,6 +74,8 @@ class TimmModel(nn.Module):
         self.head_hidden_size = self.head.hidden_size
         self.feature_info = feature_info
         self.not_trunk: List[str] = ['head'] + list(not_trunk)
+        if 'pre_logits' in self._modules:
+            self.not_trunk.append('pre_logits')
         self.grad_checkpointing = False
         known = {path for path, _ in self._steps()}
         unknown = [f['module'] for f in feature_info if f['module'] not in known]
@@ -116,7 +120,11 @@ class TimmModel(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """The head on the trunk's output; ``pre_logits`` stops before the output layer."""
+        """The head on the trunk's output (after the ``pre_logits`` module, where the model has one);
+        ``pre_logits`` stops before the output layer."""
+        for name, child in self.named_children():
+            if name == 'pre_logits':
+                x = child(x)
         return self.head(x, pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +211,12 @@ class TimmModel(nn.Module):
             setattr(self, self.final_norm, nn.Identity())
         if prune_end or (prune_norm and self.final_conv):
             self.num_features = self.feature_info[max_index]['num_chs']
-        if prune_head or self.num_features != self.head.in_features:
+        pre_logits = self._modules.get('pre_logits')
+        if pre_logits is not None and not isinstance(pre_logits, nn.Identity) and (prune_head or prune_end):
+            # as timm's VGG: the head then takes the features
+            pre_logits = self.pre_logits = nn.Identity().train(self.training)
+        feeds_head = pre_logits is None or isinstance(pre_logits, nn.Identity)
+        if prune_head or (feeds_head and self.num_features != self.head.in_features):
             self.head.reset(self.head.num_classes, inplanes=self.num_features, keep_hidden=False)
             self.reset_classifier(0, '')
         return take_indices

@@ -71,6 +71,25 @@ def remap_checkpoint(
     return out
 
 
+def init_kaiming(model: nn.Module, *, mode: str = 'fan_out', linear_std: Optional[float] = None,
+                 zero_linear_bias: bool = False) -> None:
+    """The usual CNN initialisation: Kaiming-normal conv weights (ReLU gain, ``mode`` ``"fan_out"`` or ``"fan_in"``)
+    with zero biases. Linear layers keep PyTorch's default unless ``linear_std`` (weights ~ N(0, linear_std), zero
+    biases) or ``zero_linear_bias`` is given."""
+    if mode not in ('fan_out', 'fan_in'):
+        raise ValueError(f'mode must be "fan_out" or "fan_in", got {mode!r}')
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity='relu')
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(module.weight, 0.0, linear_std)
+            if module.bias is not None and (linear_std is not None or zero_linear_bias):
+                nn.init.zeros_(module.bias)
+
+
 def conv_to_linear(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``reshape`` hook: a 1x1 conv weight ``(out, in, 1, 1)`` as a Linear weight ``(out, in)``."""
     if value.dim() == 4 and target.dim() == 2 and value.shape[2:] == (1, 1):

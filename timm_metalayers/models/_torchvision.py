@@ -6,9 +6,8 @@ torchvision's ImageNet weights are not on the Hub as safetensors, so these model
 a torchvision state dict loads through the family's ``checkpoint_filter_fn`` (``hub.load_weights``,
 ``scripts/convert_torchvision.py``).
 """
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
-import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs

@@ -1,10 +1,12 @@
-"""ResNet, ResNeXt, Wide-ResNet, ResNet-D and SE-ResNet built from ``timm_metalayers.layers``.
+"""ResNet, ResNeXt, Wide-ResNet, ResNet-D, SE-ResNet(X)t and Res2Net built from ``timm_metalayers.layers``.
 
 As Metalhead's ``resnet(block, block_repeats; ...)``: one mid-level builder, ``resnet(block, layers, **options)``,
-assembles a stem, four stages of ``basicblock`` / ``bottleneck`` residual blocks made of ``conv_norm`` lists,
+assembles a stem, four stages of ``basicblock`` / ``bottleneck`` / ``bottle2neck`` residual blocks made of
+``conv_norm`` lists,
 and a head from ``create_classifier``. Stochastic depth and DropBlock rates come from ``linear_scheduler``.
 The registered models at the bottom are a few lines each and load timm's ImageNet weights from the Hub.
 """
+import math
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -17,7 +19,7 @@ from ..layers._factory import check_bool, check_positive_int, check_probability,
 from ._base import TimmModel, device_context
 from ._helpers import build_family_model, remap_checkpoint, twin_pretrained_cfgs
 
-__all__ = ['ResNet', 'ResidualBlock', 'resnet', 'basicblock', 'bottleneck']
+__all__ = ['ResNet', 'ResidualBlock', 'MultiScaleConvs', 'resnet', 'basicblock', 'bottleneck', 'bottle2neck']
 
 AttnArg = Union[None, str, Callable[[int], nn.Module]]
 STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
@@ -140,16 +142,75 @@ def bottleneck(inplanes: int, planes: int, *, stride: int = 1, cardinality: int 
 
 bottleneck.expansion = 4
 
-_BLOCKS = {'basicblock': basicblock, 'basic': basicblock, 'bottleneck': bottleneck}
+
+class MultiScaleConvs(nn.Module):
+    """Res2Net's hierarchical 3x3 convs: the input is split into ``scale`` groups of ``width`` channels; group
+    ``i`` (plus the previous group's output, unless ``cascade`` is off) goes through ``convs[i]``; the last group
+    passes through ``pool`` (an ``nn.Identity`` inside a stage); the outputs are concatenated in order."""
+
+    def __init__(self, convs: Sequence[List[nn.Module]], width: int, *, pool: Optional[nn.Module], cascade: bool,
+                 passthrough: bool):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Sequential(*c) for c in convs)
+        self.pool = pool if pool is not None else nn.Identity()
+        self.width = width
+        self.cascade = cascade
+        self.passthrough = passthrough
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        splits = torch.split(x, self.width, 1)
+        outs: List[torch.Tensor] = []
+        out = splits[0]
+        for i, conv in enumerate(self.convs):
+            out = splits[i] if i == 0 or not self.cascade else out + splits[i]
+            out = conv(out)
+            outs.append(out)
+        if self.passthrough:
+            outs.append(self.pool(splits[-1]))
+        return torch.cat(outs, 1)
+
+
+def bottle2neck(inplanes: int, planes: int, *, stride: int = 1, cardinality: int = 1, base_width: int = 26,
+                scale: int = 4, reduction_factor: int = 1, act_layer='relu', norm_layer=nn.BatchNorm2d,
+                revnorm: bool = False, attn_layer=None, drop_block: Optional[nn.Module] = None,
+                drop_path_prob: Optional[float] = None, shortcut: Optional[nn.Module] = None) -> ResidualBlock:
+    """Res2Net block (Metalhead's ``bottle2neck``): 1x1 ``conv_norm`` to ``scale`` groups of ``width`` channels →
+    ``MultiScaleConvs`` (``scale - 1`` grouped 3x3 ``conv_norm``, each fed the previous one's output; the first
+    block of a stage runs them side by side and average-pools the pass-through group) → DropBlock → 1x1
+    ``conv_norm``. The pass-through group is the last one, as in timm's Res2Net (Metalhead puts it first)."""
+    check_positive_int(scale, 'scale')
+    if reduction_factor != 1:
+        raise ValueError(f'bottle2neck supports only reduction_factor=1, '
+                         f'got reduction_factor={reduction_factor}')
+    width = int(math.floor(planes * (base_width / 64.0))) * cardinality
+    outplanes = planes * bottle2neck.expansion
+    is_first = stride != 1 or inplanes != outplanes
+    norm = dict(norm_layer=norm_layer, revnorm=revnorm)
+    scale_convs = [conv_norm(3, width, width, act_layer, stride=stride, pad=1, groups=cardinality, **norm)
+                   for _ in range(max(1, scale - 1))]
+    pool = nn.AvgPool2d(kernel_size=3, stride=stride, padding=1) if is_first and scale > 1 else None
+    multi_scale = MultiScaleConvs(scale_convs, width, pool=pool, cascade=not is_first, passthrough=scale > 1)
+    convs = [conv_norm(1, inplanes, width * scale, act_layer, **norm),
+             [multi_scale],
+             conv_norm(1, width * scale, outplanes, None, **norm)]
+    return ResidualBlock(convs, drop_block=drop_block, mid_act=nn.Identity(),
+                         attn=attn_layer(outplanes) if attn_layer else None, drop_path_prob=drop_path_prob,
+                         shortcut=shortcut if shortcut is not None else nn.Identity(), act=_activation(act_layer))
+
+
+bottle2neck.expansion = 4
+
+_BLOCKS = {'basicblock': basicblock, 'basic': basicblock, 'bottleneck': bottleneck, 'bottle2neck': bottle2neck}
 
 
 def _resolve_block(block) -> Callable[..., ResidualBlock]:
     if isinstance(block, str):
         if block not in _BLOCKS:
-            raise ValueError(f'block={block!r} is not a block name; use "basicblock" or "bottleneck"')
+            raise ValueError(f'block={block!r} is not a block name; use "basicblock", "bottleneck" or "bottle2neck"')
         return _BLOCKS[block]
     if not callable(block) or not hasattr(block, 'expansion'):
-        raise TypeError(f'block must be basicblock, bottleneck or a callable with an .expansion, got {block!r}')
+        raise TypeError(f'block must be basicblock, bottleneck, bottle2neck or a callable with an .expansion, '
+                        f'got {block!r}')
     return block
 
 
@@ -208,6 +269,7 @@ class ResNet(TimmModel):
             norm_layer: Any = nn.BatchNorm2d,
             revnorm: bool = False,
             attn_layer: AttnArg = None,
+            block_args: Optional[Dict[str, Any]] = None,
             global_pool: Union[str, nn.Module] = 'avg',
             head_hidden_size: Optional[int] = None,
             drop_rate: float = 0.0,
@@ -239,6 +301,10 @@ class ResNet(TimmModel):
         check_bool(drop_block_couple_channels, 'drop_block_couple_channels')
         norm_layer = resolve_norm_layer(norm_layer)
         attn = _resolve_attn(attn_layer)
+        if block_args is not None and not isinstance(block_args, dict):
+            raise TypeError(f'block_args must be a dict of extra block options (e.g. dict(scale=4)) or None, '
+                            f'got {block_args!r}')
+        block_args = dict(block_args or {})
 
         with device_context(device):
             self.stem = nn.Sequential(*make_stem(stem_type, in_chans, inplanes, stem_width, act_layer, norm_layer,
@@ -274,6 +340,7 @@ class ResNet(TimmModel):
                         reduction_factor=reduction_factor, act_layer=act_layer, norm_layer=norm_layer,
                         revnorm=revnorm, attn_layer=attn, drop_block=db, drop_path_prob=drop_paths[block_idx],
                         shortcut=make_shortcut(shortcut_type, channels, outplanes, block_stride, norm_layer),
+                        **block_args,
                     ))
                     channels = outplanes
                     block_idx += 1
@@ -307,7 +374,8 @@ def resnet(block: Union[str, Callable[..., ResidualBlock]], layers: Sequence[int
     """Build a ResNet-like model, like Metalhead's ``resnet(block, block_repeats; ...)``.
 
     Args:
-        block: ``basicblock`` (ResNet-18/34) or ``bottleneck`` (50 and deeper, ResNeXt, Wide-ResNet), or a name.
+        block: ``basicblock`` (ResNet-18/34), ``bottleneck`` (50 and deeper, ResNeXt, Wide-ResNet) or
+            ``bottle2neck`` (Res2Net, Res2NeXt), or a name.
         layers: blocks per stage, e.g. ``[3, 4, 6, 3]`` for ResNet-50.
         cardinality, base_width: groups and width per group of the bottleneck's 3x3 conv (ResNeXt: 32, 4).
         stem_type: ``"default"`` (7x7), ``"deep"`` or ``"deep_tiered"`` (three 3x3); ``stem_width`` their width.
@@ -316,6 +384,7 @@ def resnet(block: Union[str, Callable[..., ResidualBlock]], layers: Sequence[int
         reduction_factor: divides the width of each block's first conv.
         act_layer, norm_layer, revnorm: passed to every ``conv_norm``.
         attn_layer: ``"se"`` or a callable ``planes -> module`` applied to each branch (squeeze-and-excite).
+        block_args: extra options of the block, e.g. ``dict(scale=4)`` (Res2Net's number of groups).
         drop_rate: dropout of the head; drop_path_rate: stochastic depth, scheduled over all blocks;
         drop_block_rate: DropBlock in stages 3 and 4, scheduled over all blocks.
         drop_block_couple_channels: True (default, as timm's ResNet and the DropBlock paper) drops the same
@@ -338,6 +407,8 @@ def _tv_rename(stem_type: str) -> Callable[[str], Optional[str]]:
             key = re.sub(r'^bn1\.', 'stem.7.', key)
         key = re.sub(r'^(layer\d+\.\d+)\.conv(\d)\.', r'\1.conv\2.0.', key)
         key = re.sub(r'^(layer\d+\.\d+)\.bn(\d)\.', r'\1.conv\2.1.', key)
+        key = re.sub(r'^(layer\d+\.\d+)\.convs\.(\d+)\.', r'\1.conv2.0.convs.\2.0.', key)  # Res2Net
+        key = re.sub(r'^(layer\d+\.\d+)\.bns\.(\d+)\.', r'\1.conv2.0.convs.\2.1.', key)
         key = re.sub(r'^(layer\d+\.\d+)\.se\.fc1\.', r'\1.attn.reduce.0.', key)
         key = re.sub(r'^(layer\d+\.\d+)\.se\.fc2\.', r'\1.attn.expand.0.', key)
         key = re.sub(r'^(layer\d+\.\d+)\.downsample\.', r'\1.shortcut.', key)
@@ -369,6 +440,15 @@ _TAGS = {
     'wide_resnet50_2': ('tv_in1k', 'tv2_in1k', 'racm_in1k'),
     'wide_resnet101_2': ('tv_in1k', 'tv2_in1k'),
     'seresnet50': ('ra2_in1k', 'a1_in1k'),
+    'seresnext50_32x4d': ('gluon_in1k', 'racm_in1k'),
+    'seresnext101_32x8d': ('ah_in1k',),
+    'res2net50_26w_4s': ('in1k',),
+    'res2net50_14w_8s': ('in1k',),
+    'res2net50_26w_6s': ('in1k',),
+    'res2net50_26w_8s': ('in1k',),
+    'res2net50_48w_2s': ('in1k',),
+    'res2net101_26w_4s': ('in1k',),
+    'res2next50': ('in1k',),
 }
 
 default_cfgs = twin_pretrained_cfgs(_TAGS, first_conv='stem.0', classifier='head.fc')
@@ -444,3 +524,65 @@ def metalayers_seresnet50(pretrained: bool = False, **kwargs) -> ResNet:
     """SE-ResNet-50: ResNet-50 with squeeze-and-excitation (``squeeze_excite``) on every branch."""
     return _create_resnet('metalayers_seresnet50', pretrained, block=bottleneck, layers=[3, 4, 6, 3],
                           attn_layer='se', **kwargs)
+
+
+@register_model
+def metalayers_seresnext50_32x4d(pretrained: bool = False, **kwargs) -> ResNet:
+    """SE-ResNeXt-50 32x4d: ResNeXt-50 with squeeze-and-excitation on every branch."""
+    return _create_resnet('metalayers_seresnext50_32x4d', pretrained, block=bottleneck, layers=[3, 4, 6, 3],
+                          cardinality=32, base_width=4, attn_layer='se', **kwargs)
+
+
+@register_model
+def metalayers_seresnext101_32x8d(pretrained: bool = False, **kwargs) -> ResNet:
+    """SE-ResNeXt-101 32x8d: ResNeXt-101 32x8d with squeeze-and-excitation on every branch."""
+    return _create_resnet('metalayers_seresnext101_32x8d', pretrained, block=bottleneck, layers=[3, 4, 23, 3],
+                          cardinality=32, base_width=8, attn_layer='se', **kwargs)
+
+
+def _create_res2net(variant: str, pretrained: bool, layers: Sequence[int], base_width: int, scale: int,
+                    **kwargs) -> ResNet:
+    return _create_resnet(variant, pretrained, block=bottle2neck, layers=layers, base_width=base_width,
+                          block_args=dict(scale=scale), **kwargs)
+
+
+@register_model
+def metalayers_res2net50_26w_4s(pretrained: bool = False, **kwargs) -> ResNet:
+    """Res2Net-50 26w x 4s: ``bottle2neck`` x [3, 4, 6, 3], 4 groups of width 26."""
+    return _create_res2net('metalayers_res2net50_26w_4s', pretrained, [3, 4, 6, 3], 26, 4, **kwargs)
+
+
+@register_model
+def metalayers_res2net50_14w_8s(pretrained: bool = False, **kwargs) -> ResNet:
+    """Res2Net-50 14w x 8s: 8 groups of width 14."""
+    return _create_res2net('metalayers_res2net50_14w_8s', pretrained, [3, 4, 6, 3], 14, 8, **kwargs)
+
+
+@register_model
+def metalayers_res2net50_26w_6s(pretrained: bool = False, **kwargs) -> ResNet:
+    """Res2Net-50 26w x 6s: 6 groups of width 26."""
+    return _create_res2net('metalayers_res2net50_26w_6s', pretrained, [3, 4, 6, 3], 26, 6, **kwargs)
+
+
+@register_model
+def metalayers_res2net50_26w_8s(pretrained: bool = False, **kwargs) -> ResNet:
+    """Res2Net-50 26w x 8s: 8 groups of width 26."""
+    return _create_res2net('metalayers_res2net50_26w_8s', pretrained, [3, 4, 6, 3], 26, 8, **kwargs)
+
+
+@register_model
+def metalayers_res2net50_48w_2s(pretrained: bool = False, **kwargs) -> ResNet:
+    """Res2Net-50 48w x 2s: 2 groups of width 48."""
+    return _create_res2net('metalayers_res2net50_48w_2s', pretrained, [3, 4, 6, 3], 48, 2, **kwargs)
+
+
+@register_model
+def metalayers_res2net101_26w_4s(pretrained: bool = False, **kwargs) -> ResNet:
+    """Res2Net-101 26w x 4s: ``bottle2neck`` x [3, 4, 23, 3]."""
+    return _create_res2net('metalayers_res2net101_26w_4s', pretrained, [3, 4, 23, 3], 26, 4, **kwargs)
+
+
+@register_model
+def metalayers_res2next50(pretrained: bool = False, **kwargs) -> ResNet:
+    """Res2NeXt-50: Res2Net-50 with grouped 3x3 convs (cardinality 8, width 4 per group, 4 scales)."""
+    return _create_res2net('metalayers_res2next50', pretrained, [3, 4, 6, 3], 4, 4, cardinality=8, **kwargs)
