@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+from timm.layers import register_notrace_module
 from timm.models import register_model
 
 from ..layers import conv_norm, create_classifier
@@ -43,6 +44,7 @@ def vgg_stage(inplanes: int, outplanes: int, depth: int, *, act_layer: Any = 're
     return layers
 
 
+@register_notrace_module  # fx cannot trace the size check in forward (timm's ConvMlp is a leaf too)
 class ConvMlp(nn.Module):
     """VGG's first two fully-connected layers as convolutions on the unpooled map (timm's "pre-logits"):
     ``fc1`` a ``kernel_size`` conv (the 7x7 window of the original 4096-unit layer), dropout, ``fc2`` a 1x1 conv,
