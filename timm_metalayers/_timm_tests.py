@@ -6,6 +6,8 @@ reason instead of failing. Model code imports nothing from here; nothing here ru
 package as a plugin.
 """
 import fnmatch
+import functools
+import inspect
 import os
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -15,13 +17,25 @@ _SKIPS: List[_Skip] = []
 
 def skip_timm_test(test: str, models: str, reason: str, *, when: Optional[Callable[[], bool]] = None) -> None:
     """Skip timm's test function ``test`` (a glob) for the models matching ``models`` (a glob over
-    ``model_name``, tags included), with ``reason``; ``when`` makes the skip conditional (checked at collection)."""
+    ``model_name``, tags included), with ``reason``; ``when`` makes the skip conditional (checked at collection;
+    it may take the model name)."""
     for value, argname in ((test, 'test'), (models, 'models'), (reason, 'reason')):
         if not isinstance(value, str) or not value:
             raise TypeError(f'{argname} must be a non-empty string, got {value!r}')
     if when is not None and not callable(when):
-        raise TypeError(f'when must be a callable or None, got {when!r}')
+        raise TypeError(f'when must be a callable (of nothing, or of the model name) or None, got {when!r}')
     _SKIPS.append((test, models, reason, when))
+
+
+LARGE_MODEL_PARAMS = 50 * 10**6
+
+
+@functools.lru_cache(maxsize=None)
+def _is_large(model: str) -> bool:
+    """More than ``LARGE_MODEL_PARAMS`` parameters (counted on the meta device, nothing allocated)."""
+    import timm
+    architecture = model.split('.')[0]
+    return sum(p.numel() for p in timm.create_model(architecture, device='meta').parameters()) > LARGE_MODEL_PARAMS
 
 
 def hub_tests_off() -> bool:
@@ -50,12 +64,13 @@ skip_timm_test('test_model_*_pretrained', 'metalayers_vit_*',
                'downloads the real weights from the Hub and tests never reach the network '
                '(TIMM_METALAYERS_HUB_TESTS=1 runs it)', when=hub_tests_off)
 skip_timm_test(
-    'test_prune_intermediate_layers_contract', 'metalayers_vit_large_patch16_224',
-    'ViT-L at its fixed 224 input: 24 taps, each with deep copies, forwards and a backward of the 300M-parameter '
-    'model, take 6-11 CPU-minutes on a 2-core CPU, over the test\'s 360 s timeout (timm keeps this unmarked test '
-    'out of its own CI). '
-    'The other metalayers_vit models run it; set TIMM_METALAYERS_SLOW_TESTS=1 to run it here too.',
-    when=lambda: os.environ.get('TIMM_METALAYERS_SLOW_TESTS', '') != '1')
+    'test_prune_intermediate_layers_contract', 'metalayers_*',
+    f'a model over {LARGE_MODEL_PARAMS // 10**6}M parameters: for each of its taps the test deep-copies, runs and '
+    'back-propagates the whole model (ViT-L/16 at its fixed 224 input: 6-11 CPU-minutes on a 2-core CPU, over the '
+    'test\'s 360 s timeout); timm keeps this unmarked test out of its own CI. tests/test_model_api.py checks the '
+    'same contract (pruned taps equal the unpruned ones, prune_head=False keeps the output, a pruned model trains '
+    'every parameter) on every model at a small input; TIMM_METALAYERS_SLOW_TESTS=1 runs it here too.',
+    when=lambda model: _is_large(model) and os.environ.get('TIMM_METALAYERS_SLOW_TESTS', '') != '1')
 skip_timm_test(
     'test_model_default_cfgs', 'metalayers_vgg*',
     'VGG\'s pre-logits 7x7 conv runs on the map before the global pool, so without a pool the output is the '
@@ -101,7 +116,7 @@ def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
         test = getattr(item, 'originalname', None) or item.name
         for test_glob, model_glob, reason, when in _SKIPS:
             if fnmatch.fnmatchcase(test, test_glob) and fnmatch.fnmatchcase(model, model_glob) \
-                    and (when is None or when()):
+                    and (when is None or (when(model) if inspect.signature(when).parameters else when())):
                 item.add_marker(pytest.mark.skip(reason=reason))
                 break
 
