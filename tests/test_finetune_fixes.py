@@ -63,6 +63,8 @@ BAD_ARGUMENTS = [
     (['--in-chans', '2'], 'argument --in-chans: invalid choice: 2'),
     (['--resume', '--overwrite'], 'argument --overwrite: not allowed with argument --resume'),
     (['--pretrained-file', 'a.safetensors', '--initial-checkpoint', 'b.safetensors'], 'not allowed with'),
+    (['--model', 'metalayers_googlenet', '--timm-native'],
+     "--timm-native: metalayers_googlenet has no timm twin (its twin is torchvision's googlenet"),
 ]
 
 
@@ -215,3 +217,18 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_d
     assert json.loads((out / 'checkpoint.json').read_text())['epoch'] == 0
     assert checkpoint_dirs(out) == ['checkpoint-epoch0000'] and not (out / 'hub').exists()
     assert all(torch.isfinite(v).all() for v in load(out / 'checkpoint-epoch0000' / 'model.safetensors').values())
+
+
+def test_timm_native_export_is_timms_own_model(data_dir, tmp_path):
+    """--timm-native: the export names timm's resnet18 and holds the trained weights in timm's layout."""
+    out = tmp_path / 'run'
+    result = run('--data-dir', data_dir, '--output', out, '--epochs', 1, '--timm-native', *FAST)
+    config = json.loads((out / 'hub' / 'config.json').read_text())
+    assert config['architecture'] == 'resnet18' and config['label_names'] == result['class_names']
+    ours = timm.create_model('metalayers_resnet18', num_classes=len(result['class_names'])).eval()
+    ours.load_state_dict(load(out / checkpoint_dirs(out)[-1] / 'model.safetensors'))
+    theirs = timm.create_model(f'local-dir:{out / "hub"}', pretrained=True).eval()
+    assert type(theirs).__module__ == 'timm.models.resnet'
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-6)

@@ -378,8 +378,10 @@ def test_num_classes_mismatch(local_hub, saved_dir: Path):
         else:
             assert torch.equal(v, saved[k])
 
-    # a config.json whose num_classes disagrees with the checkpoint's head
+    # a config.json whose num_classes disagrees with model_args' (as plain timm's save_for_hf writes both)
     cfg = json.loads((saved_dir / 'config.json').read_text())
+    assert 'num_classes' not in cfg.get('model_args', {})  # ours: at the root only (transformers passes it too)
+    cfg.setdefault('model_args', {})['num_classes'] = NUM_CLASSES
     cfg['num_classes'] = cfg['pretrained_cfg']['num_classes'] = NUM_CLASSES + 1
     local_hub.add_files('org/inconsistent', {'config.json': json.dumps(cfg),
                                              'model.safetensors': saved_dir / 'model.safetensors'})

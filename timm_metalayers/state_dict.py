@@ -5,15 +5,29 @@ dict with :func:`check_state_dict`, so a checkpoint that does not fit is reporte
 everywhere: the keys with no place in the model, the keys the model needs and the checkpoint lacks, and
 the shapes that differ, each named.
 """
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 __all__ = ['HubLoadError', 'CheckpointMismatchError', 'state_dict_problems', 'check_state_dict', 'key_listing',
-           'model_name']
+           'model_name', 'record_checkpoint_filter', 'checkpoint_filter_of']
 
 KeyTest = Callable[[str], bool]
+
+# registered architecture name -> the checkpoint filter its family builds it with
+_CHECKPOINT_FILTERS: Dict[str, Callable] = {}
+
+
+def record_checkpoint_filter(architecture: str, filter_fn: Callable) -> None:
+    """Remember which checkpoint filter maps timm's (or torchvision's) keys onto ``architecture``."""
+    _CHECKPOINT_FILTERS[architecture] = filter_fn
+
+
+def checkpoint_filter_of(model: nn.Module) -> Optional[Callable]:
+    """The checkpoint filter of ``model``'s architecture (``None`` when none was recorded for it)."""
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+    return _CHECKPOINT_FILTERS.get(arch) if isinstance(arch, str) else None
 
 
 class HubLoadError(RuntimeError):

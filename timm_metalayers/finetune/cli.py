@@ -192,6 +192,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     r.add_argument('--log-csv', default=None, metavar='PATH', help='write per-epoch metrics to this CSV file')
     r.add_argument('--export-dir', default=None, help='save_for_hub folder (default: <output>/hub)')
     r.add_argument('--no-export', action='store_true', help='skip the save_for_hub export at the end')
+    r.add_argument('--timm-native', action='store_true',
+                   help="export in timm's own architecture and key layout (models that are twins of a timm "
+                        'architecture), loadable by plain timm and transformers without timm_metalayers')
     r.add_argument('--repo-id', default=None, help='Hub repo the export is meant for (used in the printed line)')
     r.add_argument('--device', type=device_name, default=None,
                    help="'cpu', 'cuda', 'cuda:1' (default: cuda if available)")

@@ -74,7 +74,7 @@ def _write_export(folder: Path, args: argparse.Namespace, model: nn.Module, data
     description = (f'`{args.model}` fine-tuned with `timm_metalayers.finetune` on {data.description}. '
                    f"Validation top-1: **{result['val_top1']:.2f}%** (top-5 {result['val_top5']:.2f}%) after "
                    f'{args.epochs} epochs{" (EMA weights)" if args.ema else ""}; seed {args.seed}.')
-    save_for_hub(model, folder, label_names=data.class_names, data_config=data_config, description=description,
+    save_for_hub(model, folder, timm_native=args.timm_native, label_names=data.class_names, data_config=data_config, description=description,
                  model_name=name, repo_id=args.repo_id,
                  license=str(model.pretrained_cfg.get('license') or 'apache-2.0').lower(),
                  base_model=base_model.rstrip('/') if base_model else None)
@@ -109,8 +109,8 @@ def export(args: argparse.Namespace, model: nn.Module, data: Data, result: Dict[
     print(f'exported to {export_dir}/ (model.safetensors, config.json with {len(data.class_names)} class names, '
           f'README.md model card with validation top-1 {acc})', flush=True)
     repo = args.repo_id or f'<your-name>/{name}'
-    print(f'load it:    import timm, timm_metalayers; '
-          f'model = timm.create_model("local-dir:{export_dir}", pretrained=True)', flush=True)
+    imports = 'import timm' if args.timm_native else 'import timm, timm_metalayers'
+    print(f'load it:    {imports}; model = timm.create_model("local-dir:{export_dir}", pretrained=True)', flush=True)
     print(f'publish it: huggingface-cli upload {repo} {export_dir} . ; then '
           f'timm.create_model("hf-hub:{repo}", pretrained=True)', flush=True)
     return export_dir

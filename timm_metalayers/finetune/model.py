@@ -15,9 +15,10 @@ from timm.data import resolve_data_config
 
 from .. import models as _models  # noqa: F401  (registers the metalayers_* models with timm)
 from ..hub import HubLoadError, load_weights, read_state_dict
+from ..hub.timm_layout import NoTimmTwinError, timm_twin_of
 from .errors import FinetuneError, first_line
 
-__all__ = ['check_model_name', 'create_model', 'data_config_for', 'freeze_backbone', 'set_train_mode']
+__all__ = ['check_export_layout', 'check_model_name', 'create_model', 'data_config_for', 'freeze_backbone', 'set_train_mode']
 
 
 def check_model_name(name: str) -> None:
@@ -32,6 +33,16 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(base, timm.list_models('metalayers_*') or timm.list_models(), n=3)
     hint = f'; did you mean {", ".join(close)}?' if close else ''
     raise FinetuneError(f"unknown model {name!r}{hint} (see timm.list_models('metalayers_*'))")
+
+
+def check_export_layout(args: argparse.Namespace) -> None:
+    """``--timm-native`` needs a model with a timm twin: said before any training, not at the export."""
+    if args.timm_native and not args.no_export:
+        check_model_name(args.model)
+        try:
+            timm_twin_of(args.model.partition('.')[0])
+        except NoTimmTwinError as e:
+            raise FinetuneError(f'--timm-native: {e}') from e
 
 
 def _pretrained_source(args: argparse.Namespace) -> Dict[str, Any]:

@@ -28,7 +28,7 @@ from .engine import Progress, TrainStep, evaluate, summary_line, train_one_epoch
 from .errors import FinetuneError, RunFailedError, first_line
 from .export import export, remove_stray_exports
 from .faults import fault_point
-from .model import create_model, data_config_for, freeze_backbone, set_train_mode
+from .model import check_export_layout, create_model, data_config_for, freeze_backbone, set_train_mode
 from .run_folder import RunFolder, check_writable
 
 __all__ = ['run', 'Session', 'prepare', 'restore', 'fit', 'finish']
@@ -198,6 +198,7 @@ def prepare(s: Session) -> None:
     args, ds = s.args, s.ds
     s.resume_state = _read_resume_state(args)
     _check_destinations(args)
+    check_export_layout(args)
     class_names, splits = _classes(s)
     _take_run_folder(s)
     random_seed(args.seed, 0)  # the same initial weights on every rank

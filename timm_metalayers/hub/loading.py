@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..state_dict import CheckpointMismatchError, HubLoadError, check_state_dict, key_listing
+from ..state_dict import CheckpointMismatchError, HubLoadError, check_state_dict, checkpoint_filter_of, key_listing
 from ._checks import PathLike, check_module
 from .config import layer_names
 from .download import parse_repo_spec, hub_weights_file
@@ -27,7 +27,11 @@ _REPO_ID = re.compile(r'(hf[-_]hub:)?[\w.\-]+/[\w.\-]+(@.+)?')
 
 
 def _module_filter_fn(model: nn.Module) -> Optional[Callable]:
-    """The model family's checkpoint filter (timm convention: ``checkpoint_filter_fn`` in its module)."""
+    """The model family's checkpoint filter: the one its architecture was built with, else timm's convention
+    (``checkpoint_filter_fn`` in the model class's module)."""
+    fn = checkpoint_filter_of(model)
+    if fn is not None:
+        return fn
     module = sys.modules.get(type(model).__module__)
     fn = getattr(module, 'checkpoint_filter_fn', None)
     return fn if callable(fn) else None

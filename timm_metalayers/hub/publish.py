@@ -2,6 +2,7 @@
 
 Every file written follows the process umask (``safetensors`` itself creates its file with mode 0600).
 """
+import json
 import os
 import stat
 import tempfile
@@ -19,6 +20,7 @@ from ._checks import PathLike, check_module, check_path
 from .cards import card_for_saved_model, check_card_fields
 from .download import parse_repo_spec
 from .files import SAFE_WEIGHTS_NAME
+from .timm_layout import timm_twin_name, to_timm_model
 
 __all__ = ['save_for_hub', 'push_to_hub']
 
@@ -71,10 +73,28 @@ def _save_for_hf_kwargs(label_names: Optional[Labels], label_descriptions: Optio
     return kwargs
 
 
+def _loadable_by_transformers(config_path: Path) -> None:
+    """Drop ``num_classes`` from ``model_args`` in ``config.json``: transformers' timm wrapper passes the root
+    ``num_classes`` to ``timm.create_model`` itself, and a second copy is a ``TypeError`` there. timm reads the root
+    ``num_classes`` too, so nothing is lost."""
+    config = json.loads(config_path.read_text(encoding='utf-8'))
+    model_args = config.get('model_args') or {}
+    if 'num_classes' not in model_args:
+        return
+    if model_args.pop('num_classes') != config.get('num_classes'):
+        raise ValueError(f'{config_path}: model_args num_classes disagrees with num_classes')
+    if not model_args:
+        config.pop('model_args')
+    tmp = config_path.with_name(f'.{config_path.name}.{uuid.uuid4().hex}.tmp')
+    tmp.write_text(json.dumps(config, indent=2), encoding='utf-8')
+    os.replace(tmp, config_path)
+
+
 def save_for_hub(
         model: nn.Module,
         directory: PathLike,
         *,
+        timm_native: bool = False,
         model_card: bool = True,
         label_names: Optional[Labels] = None,
         label_descriptions: Optional[Mapping[str, str]] = None,
@@ -86,11 +106,14 @@ def save_for_hub(
     """Write what timm's Hub loader reads: ``model.safetensors``, ``config.json`` and a ``README.md`` card.
 
     Weights and config are written by :func:`timm.models.save_for_hf` (safetensors only), so
-    ``timm.create_model("hf-hub:<repo>", pretrained=True)`` rebuilds the model from them.
+    ``timm.create_model("hf-hub:<repo>", pretrained=True)`` rebuilds the model from them, and so does
+    ``transformers.AutoModelForImageClassification.from_pretrained`` (after ``import timm_metalayers``).
 
     Args:
         model: a model made by ``timm.create_model``.
         directory: output folder (created if needed).
+        timm_native: write timm's own architecture and key layout (the model's architecture must be a twin of
+            a timm one), so plain timm and transformers load the folder without this package.
         model_card: also write ``README.md``.
         label_names: class names (list, or ``{index: name}``), stored in ``config.json``.
         label_descriptions: ``{label name: description}``, stored in ``config.json``.
@@ -103,16 +126,21 @@ def save_for_hub(
         The directory, as a :class:`~pathlib.Path`.
     """
     _check_publishable(model, label_names)
+    if not isinstance(timm_native, bool):
+        raise TypeError(f'timm_native must be True or False, got {timm_native!r}')
     directory = check_path(directory, 'directory')
     if directory.exists() and not directory.is_dir():
         raise ValueError(f'directory {str(directory)!r} exists and is not a folder')
     if repo_id is not None:
         repo_id = parse_repo_spec(repo_id)[0]
     check_card_fields(card_fields)
-    card = card_for_saved_model(model, repo_id, card_fields) if model_card else None
+    if timm_native:
+        model = to_timm_model(model)
+    card = card_for_saved_model(model, repo_id, card_fields, timm_native=timm_native) if model_card else None
 
     kwargs = _save_for_hf_kwargs(label_names, label_descriptions, model_args, data_config)
     save_for_hf(model, str(directory), **kwargs)
+    _loadable_by_transformers(directory / 'config.json')
     if card is not None:
         ModelCard(card).save(directory / 'README.md')
     # safetensors creates its file with mode 0600; give it the mode config.json and the card get
@@ -125,6 +153,7 @@ def push_to_hub(
         repo_id: str,
         *,
         commit_message: str = 'Add model',
+        timm_native: bool = False,
         token: Optional[str] = None,
         revision: Optional[str] = None,
         private: Optional[bool] = None,
@@ -139,7 +168,8 @@ def push_to_hub(
 ):
     """Publish ``model`` to a Hub repository (created if missing) with huggingface_hub's upload API.
 
-    The files are those of :func:`save_for_hub`, uploaded in one commit with ``HfApi.upload_folder``.
+    The files are those of :func:`save_for_hub` (``timm_native`` as there), uploaded in one commit with
+    ``HfApi.upload_folder``.
     Like timm's ``push_to_hf_hub``, an existing ``README.md`` on the Hub is kept unless ``replace_card``.
     Only safetensors weights are uploaded (timm's helper would add a pickle copy by default).
 
@@ -151,11 +181,13 @@ def push_to_hub(
     if not isinstance(commit_message, str) or not commit_message.strip():
         raise ValueError(f'commit_message must be a non-empty string, got {commit_message!r}')
     _check_publishable(model, label_names)
+    if timm_native:
+        timm_twin_name(model)  # before anything is created on the Hub
     api = HfApi(token=token, library_name='timm_metalayers')
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     write_card = model_card and (replace_card or not api.file_exists(repo_id, 'README.md', revision=revision))
     with tempfile.TemporaryDirectory(prefix='timm_metalayers_push_') as tmp:
-        save_for_hub(model, tmp, model_card=write_card, label_names=label_names,
+        save_for_hub(model, tmp, timm_native=timm_native, model_card=write_card, label_names=label_names,
                      label_descriptions=label_descriptions, model_args=model_args, data_config=data_config,
                      repo_id=repo_id, **card_fields)
         return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, create_pr=create_pr,

@@ -9,7 +9,7 @@ from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from ..hub.download import pretrained_weights_error
-from ..state_dict import CheckpointMismatchError, check_state_dict
+from ..state_dict import CheckpointMismatchError, check_state_dict, record_checkpoint_filter
 
 Renamer = Callable[[str], Optional[str]]
 
@@ -131,6 +131,7 @@ def build_family_model(model_fn: Callable[..., nn.Module], variant: str, pretrai
     A failed download of the tag's pretrained weights (offline with an empty cache, no network, no such repo)
     is a one-line :class:`~timm_metalayers.hub.HubLoadError` subclass naming the tag, its Hub repository and
     the file, instead of huggingface_hub's generic message."""
+    record_checkpoint_filter(variant, checkpoint_filter_fn)
     try:
         return build_model_with_cfg(model_fn, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                     feature_cfg=dict(feature_cls='getter', **(feature_cfg or {})), **kwargs)
