@@ -15,6 +15,7 @@ from timm.models._input import get_model_input_config
 
 import timm_metalayers  # noqa: F401  (registers the models)
 from random_weights import randomize_weights
+from twins import smallest_per_family
 from timm_metalayers import hub
 from timm_metalayers.hub.timm_layout import NoTimmTwinError, timm_state_dict, to_timm_model
 from timm_metalayers.models._torchvision import TORCHVISION_TWINS
@@ -26,18 +27,7 @@ LABELS = ['cat', 'dog', 'emu']
 TWINS = sorted(n for n in timm.list_models('metalayers_*') if n not in TORCHVISION_TWINS)
 
 
-def _smallest_per_family(names):
-    from timm.models import model_entrypoint
-    best = {}
-    for name in names:
-        count = sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
-        module = model_entrypoint(name).__module__
-        if module not in best or count < best[module][0]:
-            best[module] = (count, name)
-    return sorted(name for _, name in best.values())
-
-
-REPRESENTATIVES = _smallest_per_family(TWINS)
+REPRESENTATIVES = smallest_per_family(TWINS)
 
 
 def _small_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:

@@ -16,24 +16,13 @@ import timm
 from timm.models._features import FeatureGetterNet
 
 import timm_metalayers  # noqa: F401  (registers the models)
+from twins import smallest_per_family
 from timm_metalayers.layers import ClassifierHead, PatchEmbedding
 
 MODELS = sorted(timm.list_models('metalayers_*'))
 
 
-def _smallest_per_family(names):
-    """The model with the fewest parameters of each family module (counted on the meta device)."""
-    from timm.models import model_entrypoint
-    best = {}
-    for name in names:
-        count = sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
-        module = model_entrypoint(name).__module__
-        if module not in best or count < best[module][0]:
-            best[module] = (count, name)
-    return sorted(name for _, name in best.values())
-
-
-REPRESENTATIVES = _smallest_per_family(MODELS)
+REPRESENTATIVES = smallest_per_family(MODELS)
 NUM_CLASSES = 7
 SMALL_SIZE = 64
 

@@ -13,6 +13,18 @@ from random_weights import randomize_weights
 from timm_metalayers.state_dict import CheckpointMismatchError
 
 
+def smallest_per_family(names: Sequence[str]) -> list:
+    """The model with the fewest parameters of each family module (counted on the meta device)."""
+    from timm.models import model_entrypoint
+    best = {}
+    for name in names:
+        count = sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
+        module = model_entrypoint(name).__module__
+        if module not in best or count < best[module][0]:
+            best[module] = (count, name)
+    return sorted(name for _, name in best.values())
+
+
 def save_timm_checkpoint(ref: nn.Module, path) -> Tuple[nn.Module, str]:
     """``ref`` with random weights (eval mode), saved as safetensors at ``path``."""
     randomize_weights(ref)
