@@ -6,12 +6,14 @@ constructor runs at a small input; ``pretrain`` loads from a loopback Hub servin
 """
 import pathlib
 import re
+from functools import partial
 from typing import Dict, List, Tuple
 
 import pytest
 import torch
 from torch import nn
 import timm
+from timm.models import get_pretrained_cfg
 
 import timm_metalayers.metalhead as mh
 from timm_metalayers.metalhead import backbone, classifier
@@ -83,10 +85,18 @@ def test_every_table_row_builds_the_model_of_its_timm_call(row):
         ours = eval(row['python'], namespace)
         theirs = eval(row['timm'], namespace)
     _same_module(ours, theirs)
-    name = row['python'].split('(')[0]
-    if name in CONSTRUCTORS:  # the table's call is the one timm_call reports
-        call = eval(row['python'].replace('(', '.timm_call(', 1), namespace)
-        assert row['timm'].startswith(f'timm.create_model("{call[0]}"')
+    if row['python'].split('(')[0] not in CONSTRUCTORS:
+        return
+    # the table's timm call is the one timm_call reports, and its weights are what pretrain=True loads
+    assert row['timm'].startswith(f'timm.create_model("{eval(row["python"].replace("(", ".timm_call(", 1), namespace)[0]}"')
+    with_weights = {name: partial(c.timm_call, pretrain=True) for name, c in CONSTRUCTORS.items()}
+    if row['weights'] == 'none':
+        with pytest.raises(ValueError, match='no pretrained weights'):
+            eval(row['python'], with_weights)
+        return
+    name = eval(row['python'], with_weights)[0]
+    assert row['weights'].startswith(f'`{name.split(".")[0][len("metalayers_"):]}.{get_pretrained_cfg(name).tag}`')
+    assert row['weights'].endswith("(Metalhead's)") == ('.' in name)  # Metalhead's tag, not timm's default
 
 
 def _smallest_rows() -> List[Tuple[str, Tuple]]:

@@ -12,6 +12,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import timm
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 from ..layers._factory import check_bool, pair
@@ -108,7 +110,6 @@ class Constructor:
         return f'<Metalhead constructor {self.__name__}{self.__signature__}>'
 
     def __call__(self, *args: Any, **kwargs: Any) -> nn.Module:
-        import timm
         name, timm_kwargs = self.timm_call(*args, **kwargs)
         return timm.create_model(name, **timm_kwargs)
 
@@ -131,15 +132,15 @@ class Constructor:
                 timm_kwargs[arg.timm_name] = value
                 if arg.weights_fixed:
                     fixed_by_weights.append((f'{arg.name}={_show(value)}', f'{arg.name}={_show(arg.default)}'))
-        self._check_extra(extra, timm_kwargs)
+        self._check_extra(extra)
         timm_kwargs.update(in_chans=inchannels, num_classes=nclasses, **extra)
         name = 'metalayers_' + row.model
         if pretrain is False:
             return name, dict(pretrained=False, **timm_kwargs)
         if fixed_by_weights:
-            given, default = fixed_by_weights[0]
-            raise ValueError(f'{self.__name__}: pretrain={pretrain!r} with {given}: timm\'s weights for {name} fit '
-                             f'{default} only; pass pretrain=False')
+            shown, fits = fixed_by_weights[0]
+            raise ValueError(f'{self.__name__}: pretrain={pretrain!r} with {shown}: timm\'s weights for {name} fit '
+                             f'{fits} only; pass pretrain=False')
         return self._tagged(name, row, pretrain), dict(pretrained=True, **timm_kwargs)
 
     # -- the table ----------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class Constructor:
         return f'{shown} (metalayers_{row.model})' if shown else f'metalayers_{row.model}'
 
     # -- the other arguments ------------------------------------------------------------------------------------
-    def _check_extra(self, extra: Dict[str, Any], timm_kwargs: Dict[str, Any]) -> None:
+    def _check_extra(self, extra: Dict[str, Any]) -> None:
         """Refuse a timm argument that repeats one of Metalhead's (``num_classes`` for ``nclasses``, ...)."""
         said_twice = {**_METALHEAD_NAMES, **{a.timm_name: a.name for a in self.args if a.timm_name}}
         for key in extra:
@@ -179,8 +180,6 @@ class Constructor:
     def _tagged(self, name: str, row: Row, pretrain: Union[bool, str]) -> str:
         """``name.tag`` of the weights ``pretrain`` asks for (True: those Metalhead.jl loads where timm has them,
         else timm's default), or a ``ValueError`` when timm has none."""
-        import timm
-        from timm.models import get_pretrained_cfg
         tags = [n.split('.', 1)[1] for n in timm.list_pretrained(name)]
         if pretrain is True:
             cfg = get_pretrained_cfg(name)

@@ -5,7 +5,7 @@ modules made of the model's own children (the same parameters, not copies) that 
 ``classifier(model)(backbone(model)(x)) == model(x)``; they run the model's ``forward_features`` and
 ``forward_head``, so they work for every model built on the shared ``TimmModel`` machinery.
 """
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ class _Part(nn.Module):
     """Some children of ``model`` (shared, registered here under their names) and a forward that is one of the
     model's methods. The model itself is kept outside ``_modules``, so the part's parameters are its own."""
 
-    def __init__(self, model: TimmModel, names: Any):
+    def __init__(self, model: TimmModel, names: Sequence[str]):
         super().__init__()
         for name in names:
             self.add_module(name, model._modules[name])
