@@ -233,6 +233,17 @@ class TimmModel(nn.Module):
 
     # -- head ---------------------------------------------------------------------------------------
     @torch.jit.ignore
+    def head_module_names(self) -> List[str]:
+        """The children ``forward_head`` runs, in order: ``pre_logits`` where the model has one, then ``head``."""
+        return [name for name in ('pre_logits', 'head') if name in self._modules]
+
+    @torch.jit.ignore
+    def trunk_module_names(self) -> List[str]:
+        """The children ``forward_features`` runs, in order (every child outside ``not_trunk`` and the head's)."""
+        head = set(self.head_module_names())
+        return [name for name in self._modules if name not in self.not_trunk and name not in head]
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 

@@ -253,6 +253,11 @@ class VisionTransformer(TimmModel):
             return x.amax(dim=1)
         return 0.5 * (x.amax(dim=1) + x.mean(dim=1))
 
+    @torch.jit.ignore
+    def head_module_names(self) -> List[str]:
+        """As ``TimmModel``'s, with the final norm first when it follows the pooling."""
+        return (['norm'] if self.norm_after_pool else []) + super().head_module_names()
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pool(x)
         if self.norm_after_pool:
