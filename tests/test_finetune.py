@@ -96,7 +96,11 @@ def test_export_loads_back_through_timm(folder_run, local_hub):
         from_hub = timm.create_model('hf-hub:me/shapes', pretrained=True).eval()
         for model in (from_dir, from_file, from_hub):
             torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+        from transformers import AutoModelForImageClassification
+        from_transformers = AutoModelForImageClassification.from_pretrained(hub).eval()
+        torch.testing.assert_close(from_transformers(pixel_values=x).logits, expected, rtol=1e-5, atol=1e-6)
     assert from_hub.pretrained_cfg['label_names'] == CLASSES
+    assert from_transformers.config.id2label == dict(enumerate(CLASSES))
 
 
 # ------------------------------------------------------------------------------------------------
