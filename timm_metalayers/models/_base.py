@@ -20,7 +20,7 @@ From that come ``forward_features``, ``forward_head``, ``forward_intermediates``
 ``reset_classifier`` and ``no_weight_decay``, with timm's semantics and one set of errors.
 """
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
@@ -44,6 +44,17 @@ def device_context(device: Union[str, torch.device, None]) -> ContextManager:
 def tokens_to_map(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """Patch tokens ``(N, H*W, C)`` as a map ``(N, C, H, W)`` for a token ``grid`` ``(H, W)``."""
     return tokens.reshape(tokens.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+
+
+def _split(path: str, module: nn.Module, paths: Set[str]) -> List[Step]:
+    """``module`` as one step, or as its children's steps where one of ``paths`` lies inside it (a plain
+    ``nn.Sequential``: running its children one after another is running it)."""
+    if not any(p.startswith(path + '.') for p in paths):
+        return [(path, module)]
+    if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
+        raise ValueError(f'{path} ({type(module).__name__}) holds a feature or tap inside it, so it must be a plain '
+                         'nn.Sequential to run child by child')
+    return [step for name, child in module.named_children() for step in _split(f'{path}.{name}', child, paths)]
 
 
 class TimmModel(nn.Module):
@@ -89,18 +100,14 @@ class TimmModel(nn.Module):
 
     # -- the trunk ----------------------------------------------------------------------------------
     @torch.jit.ignore
-    def _steps(self) -> List[Step]:
-        """The trunk as (path, module) steps: each child, split into its own children where a feature lies
-        inside it (``stages`` → ``stages.0``, ``stages.1``, ...)."""
-        feature_paths = {f['module'] for f in self.feature_info}
+    def _steps(self, taps: Iterable[str] = ()) -> List[Step]:
+        """The trunk as (path, module) steps: each child, split into its own children (and theirs, as deep as
+        needed) where a feature or one of ``taps`` lies inside it (``stages`` → ``stages.0``, ``stages.1``, ...)."""
+        paths = {f['module'] for f in self.feature_info}.union(taps)
         steps: List[Step] = []
         for name, child in self.named_children():
-            if name in self.not_trunk:
-                continue
-            if any(path.startswith(name + '.') for path in feature_paths):
-                steps.extend((f'{name}.{sub}', module) for sub, module in child.named_children())
-            else:
-                steps.append((name, child))
+            if name not in self.not_trunk:
+                steps.extend(_split(name, child, paths))
         return steps
 
     @torch.jit.ignore
