@@ -68,6 +68,28 @@ def test_flows_and_features(xception_file):
     assert len(full.entry_flow) == 3 and len(full.middle_flow) == 8 and len(full.exit_flow) == 3
 
 
+def test_group_matcher_groups_per_block_as_timms():
+    """One group per block, as timm's legacy_xception: every timm parameter and its equivalent here (through the
+    filter's names) fall in the same group, and timm's layer-wise LR decay gives both models the same scales."""
+    from timm.models import group_parameters
+    from timm.optim import create_optimizer_v2
+    from timm_metalayers.models.xception import _timm_rename
+    ref = timm.create_model('legacy_xception', device='meta')
+    ours = timm.create_model('metalayers_legacy_xception', device='meta')
+    theirs = group_parameters(ref, ref.group_matcher(coarse=False), reverse=True)
+    mine = group_parameters(ours, ours.group_matcher(coarse=False), reverse=True)
+    assert len(set(mine.values())) == len(set(theirs.values())) == 15  # stem, 12 blocks, exit convs, head
+    assert {_timm_rename(name): group for name, group in theirs.items()} == mine
+    assert len(group_parameters(ours, ours.group_matcher(coarse=True))) == 5  # stem, three flows, head
+
+    def scales(model):
+        optimizer = create_optimizer_v2(model, 'sgd', lr=1.0, layer_decay=0.5)
+        return sorted((round(g['lr_scale'], 8), sum(p.numel() for p in g['params'])) for g in optimizer.param_groups)
+    assert scales(timm.create_model('metalayers_legacy_xception')) == scales(timm.create_model('legacy_xception'))
+    shallow = xception(middle_repeats=2)  # the groups follow the model's own blocks
+    assert len(group_parameters(shallow, shallow.group_matcher())) == 9
+
+
 def test_xception_block_skip_and_first_activation():
     block = xception_block(16, 32, 2, stride=2).eval()
     assert isinstance(block, XceptionBlock) and isinstance(block.skip, nn.Sequential)

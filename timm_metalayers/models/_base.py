@@ -19,6 +19,7 @@ From that come ``forward_features``, ``forward_head``, ``forward_intermediates``
 ``prune_intermediate_layers``, ``set_grad_checkpointing``, ``group_matcher``, ``get_classifier``,
 ``reset_classifier`` and ``no_weight_decay``, with timm's semantics and one set of errors.
 """
+import re
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
@@ -30,7 +31,7 @@ from timm.models._features import feature_take_indices
 from ..layers.classifier import ClassifierHead
 from ..layers._factory import check_positive_int
 
-__all__ = ['TimmModel', 'device_context', 'tokens_to_map']
+__all__ = ['TimmModel', 'NumberedBlocks', 'device_context', 'tokens_to_map']
 
 Step = Tuple[str, Callable[[torch.Tensor], torch.Tensor]]
 Indices = Optional[Union[int, List[int]]]
@@ -57,13 +58,37 @@ def _split(path: str, module: nn.Module, paths: Set[str]) -> List[Step]:
     return [step for name, child in module.named_children() for step in _split(f'{path}.{name}', child, paths)]
 
 
+class NumberedBlocks:
+    r"""A ``block_pattern`` for blocks held in several containers, numbered one after another in forward order
+    (timm's Xception numbers ``block1`` ... ``block12`` across its entry, middle and exit flows).
+
+    Each entry is one parameter group, or several: ``'middle_flow.*'`` gives one group per child of
+    ``middle_flow`` (those the built model has), any other entry is a regex of module paths that forms one group
+    (``r'exit_flow\.[12]'``). ``patterns(model)`` gives timm's ``[(regex, (ordinal,)), ...]`` form.
+    """
+
+    def __init__(self, *entries: str):
+        self.entries = entries
+
+    def patterns(self, model: nn.Module) -> List[Tuple[str, Tuple[int]]]:
+        paths: List[str] = []
+        for entry in self.entries:
+            if entry.endswith('.*'):
+                container = entry[:-2]
+                paths += [re.escape(f'{container}.{child}') for child in model.get_submodule(container)._modules]
+            else:
+                paths.append(entry)
+        return [(rf'^{path}\.', (i,)) for i, path in enumerate(paths)]
+
+
 class TimmModel(nn.Module):
     """timm's model API over a declared layout (see the module docstring).
 
     A family's ``__init__`` registers its trunk modules in forward order, then ``head``, then calls
     ``init_model_api``. Class attributes a family may set: ``output_fmts`` (the layouts its intermediates can
     take), ``final_norm``, ``final_conv``, ``stem_pattern, ``block_pattern`` / ``block_pattern_coarse`` (for
-    ``group_matcher``) and ``no_decay`` (parameter names exempt from weight decay).
+    ``group_matcher``: timm's regex forms, or ``NumberedBlocks``) and ``no_decay`` (parameter names exempt from
+    weight decay).
     """
     output_fmts: Tuple[str, ...] = ('NCHW', 'NHWC')
     final_norm: str = ''
@@ -260,6 +285,8 @@ class TimmModel(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups for timm's layer-wise learning-rate decay: the stem, then block by block."""
         blocks = self.block_pattern_coarse if coarse and self.block_pattern_coarse else self.block_pattern
+        if isinstance(blocks, NumberedBlocks):
+            blocks = blocks.patterns(self)
         return dict(stem=self.stem_pattern, blocks=blocks)
 
     @torch.jit.ignore

@@ -15,7 +15,7 @@ from timm.models import register_model
 
 from ..layers import conv_norm, create_classifier, create_norm, dwsep_conv_norm, resolve_norm_layer
 from ..layers._factory import check_bool, check_positive_int, check_probability, create_activation
-from ._base import TimmModel, device_context
+from ._base import NumberedBlocks, TimmModel, device_context
 from ._helpers import build_family_model, init_kaiming, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['Xception', 'XceptionBlock', 'xception', 'xception_block', 'separable_conv_norm']
@@ -83,8 +83,10 @@ class Xception(TimmModel):
     Modules: ``stem`` (two 3x3 ``conv_norm``), ``entry_flow`` (3 strided blocks), ``middle_flow`` (8 blocks),
     ``exit_flow`` (a strided block and two ``separable_conv_norm``) and ``head``.
     """
-    # one parameter group per flow, in forward order (timm's matcher orders groups by numbers captured from names)
-    block_pattern = [(r'^entry_flow', (0,)), (r'^middle_flow', (1,)), (r'^exit_flow', (2,))]
+    # as timm's legacy_xception: one parameter group per block (its block1 ... block12), then the exit flow's two
+    # separable convs together (its conv3 / conv4); coarse: one group per flow
+    block_pattern = NumberedBlocks('entry_flow.*', 'middle_flow.*', r'exit_flow\.0', r'exit_flow\.[12]')
+    block_pattern_coarse = [(r'^entry_flow', (0,)), (r'^middle_flow', (1,)), (r'^exit_flow', (2,))]
 
     def __init__(
             self,
