@@ -5,7 +5,8 @@ A family builds its modules and declares its layout; ``TimmModel`` does the rest
 - the **trunk** is the model's child modules in the order they were registered, except the head (and any
   names in ``not_trunk``); ``forward_features`` runs them in that order;
 - ``feature_info`` names the modules whose outputs are the features (``"layer2"``, ``"stages.3"``,
-  ``"blocks.7"``): a child of the model or a child of one of its children;
+  ``"blocks.7"``): a child of the model, or a module inside plain ``nn.Sequential`` children (which then run
+  child by child);
 - ``head`` is the ``ClassifierHead`` that ``create_classifier`` returns; an optional ``pre_logits`` module
   (VGG's conv MLP, which runs on the unpooled map) sits between the trunk and the head: ``forward_head``
   runs it first, ``pre_logits=True`` keeps it (timm's semantics), and pruning the head removes it;
@@ -17,10 +18,13 @@ A family builds its modules and declares its layout; ``TimmModel`` does the rest
 
 From that come ``forward_features``, ``forward_head``, ``forward_intermediates``,
 ``prune_intermediate_layers``, ``set_grad_checkpointing``, ``group_matcher``, ``get_classifier``,
-``reset_classifier`` and ``no_weight_decay``, with timm's semantics and one set of errors.
+``reset_classifier`` and ``no_weight_decay``, with timm's semantics and one set of errors. timm's arguments that
+every family takes are checked once (``ModelArgs``), and ``attach_head`` ends a family's constructor (head, model
+API, weight initialisation).
 """
 import re
 from contextlib import nullcontext
+from dataclasses import dataclass, fields
 from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -28,10 +32,10 @@ from torch import nn
 from timm.models import checkpoint
 from timm.models._features import feature_take_indices
 
-from ..layers.classifier import ClassifierHead
-from ..layers._factory import check_positive_int
+from ..layers.classifier import ClassifierHead, create_classifier
+from ..layers._factory import check_positive_int, check_probability
 
-__all__ = ['TimmModel', 'NumberedBlocks', 'device_context', 'tokens_to_map']
+__all__ = ['TimmModel', 'ModelArgs', 'NumberedBlocks', 'device_context', 'tokens_to_map']
 
 Step = Tuple[str, Callable[[torch.Tensor], torch.Tensor]]
 Indices = Optional[Union[int, List[int]]]
@@ -45,6 +49,37 @@ def device_context(device: Union[str, torch.device, None]) -> ContextManager:
 def tokens_to_map(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """Patch tokens ``(N, H*W, C)`` as a map ``(N, C, H, W)`` for a token ``grid`` ``(H, W)``."""
     return tokens.reshape(tokens.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class ModelArgs:
+    """timm's arguments that every family takes, checked once: ``num_classes`` (0: no output layer, the model
+    returns its pre-logits features), ``in_chans``, ``global_pool`` (the head's pool: a timm pool name, a module or
+    ``''``), ``drop_rate`` (the head's dropout; None is 0) and ``device`` / ``dtype`` (where and in which dtype the
+    parameters are created)."""
+    num_classes: int = 1000
+    in_chans: int = 3
+    global_pool: Any = 'avg'
+    drop_rate: Optional[float] = 0.0
+    device: Union[str, torch.device, None] = None
+    dtype: Optional[torch.dtype] = None
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.num_classes, 'num_classes', allow_zero=True)
+        check_positive_int(self.in_chans, 'in_chans')
+        self.drop_rate = check_probability(self.drop_rate, 'drop_rate') or 0.0
+
+    @classmethod
+    def take(cls, owner: str, kwargs: Dict[str, Any], **defaults: Any) -> 'ModelArgs':
+        """The arguments in ``kwargs`` (a family's ``**timm_args``) over the family's ``defaults``; any other
+        keyword is the ``TypeError`` Python gives ``owner``."""
+        unknown = [k for k in kwargs if k not in {f.name for f in fields(cls)}]
+        if unknown:
+            raise TypeError(f'{owner}() got an unexpected keyword argument {unknown[0]!r}')
+        return cls(**{**defaults, **kwargs})
+
+    def device_context(self) -> ContextManager:
+        return device_context(self.device)
 
 
 def _split(path: str, module: nn.Module, paths: Set[str]) -> List[Step]:
@@ -84,8 +119,8 @@ class NumberedBlocks:
 class TimmModel(nn.Module):
     """timm's model API over a declared layout (see the module docstring).
 
-    A family's ``__init__`` registers its trunk modules in forward order, then ``head``, then calls
-    ``init_model_api``. Class attributes a family may set: ``output_fmts`` (the layouts its intermediates can
+    A family's ``__init__`` registers its trunk modules in forward order, then calls ``attach_head`` (or registers
+    ``head`` and calls ``init_model_api`` itself). Class attributes a family may set: ``output_fmts`` (the layouts its intermediates can
     take), ``final_norm``, ``final_conv``, ``stem_pattern, ``block_pattern`` / ``block_pattern_coarse`` (for
     ``group_matcher``: timm's regex forms, or ``NumberedBlocks``) and ``no_decay`` (parameter names exempt from
     weight decay).
@@ -117,6 +152,25 @@ class TimmModel(nn.Module):
         unknown = [f['module'] for f in feature_info if f['module'] not in known]
         if unknown:
             raise ValueError(f'{type(self).__name__}.feature_info names modules outside the trunk: {unknown}')
+
+    def attach_head(self, num_features: int, feature_info: List[Dict[str, Any]], args: ModelArgs, *,
+                    head: Optional[ClassifierHead] = None, head_planes: Optional[int] = None,
+                    not_trunk: Sequence[str] = ()) -> None:
+        """The end of a family's ``__init__`` once its trunk modules are registered: the ``head`` (by default
+        ``create_classifier``'s plain form, pool → dropout → ``fc`` with ``args``' pool, dropout and classes, on
+        ``head_planes`` features, ``num_features`` unless given), the model API (``init_model_api``) and the
+        family's ``init_weights``. Call it in ``args.device_context()``."""
+        if head is None:
+            head = create_classifier(head_planes or num_features, args.num_classes, pool_layer=args.global_pool,
+                                     dropout_prob=args.drop_rate or None)
+        self.head = head
+        self.init_model_api(num_classes=args.num_classes, in_chans=args.in_chans, drop_rate=args.drop_rate,
+                            num_features=num_features, feature_info=feature_info, not_trunk=not_trunk)
+        self.init_weights()
+
+    @torch.jit.ignore
+    def init_weights(self) -> None:
+        """The family's initialisation; PyTorch's defaults unless the family overrides it."""
 
     def finish_init(self, dtype: Optional[torch.dtype]) -> None:
         """Convert to ``dtype`` (timm passes ``dtype=``) once the weights are initialised."""

@@ -165,10 +165,6 @@ class InceptionNet(TimmModel):
         raise NotImplementedError
 
     @torch.jit.ignore
-    def init_weights(self) -> None:
-        """PyTorch's default initialisation (timm's Inception-v4 and Inception-ResNet-v2 keep it too)."""
-
-    @torch.jit.ignore
     def _aux_heads(self) -> List[Tuple[str, str, AuxClassifier]]:
         """The auxiliary classifiers the model has: ``(name, trunk module it reads, module)``."""
         return [(name, path, self._modules[name]) for name, path in self.aux_taps
