@@ -11,6 +11,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
 from twin_checkpoints import load_twin
+from twin_checks import assert_filter_rejects
 from timm_metalayers.layers import StochasticDepth, dwsep_conv_norm, fused_mbconv, linear_scheduler, mbconv
 from timm_metalayers.models._invres import InvResNet, invresmodel, scale_depths
 from timm_metalayers.models.efficientnet import (
@@ -118,17 +119,10 @@ def test_data_config_from_tag():
 
 def test_filter_names_broken_keys(weights):
     ref, _ = weights('mnasnet_small')
-    model = timm.create_model('metalayers_mnasnet_small')
-    state = dict(ref.state_dict())
-    del state['blocks.2.1.conv_dw.weight']
-    state['blocks.9.0.conv_pw.weight'] = torch.zeros(1)
-    state['conv_head.weight'] = torch.zeros(3, 3, 1, 1)
-    with pytest.raises(CheckpointMismatchError) as err:
-        checkpoint_filter_fn(state, model)
-    message = str(err.value)
-    assert 'stages.2.1.dw.0.weight' in message  # missing
-    assert 'blocks.9.0.conv_pw.weight' in message  # no place in the model
-    assert 'head_conv.0.weight' in message  # wrong shape
+    assert_filter_rejects(checkpoint_filter_fn, timm.create_model('metalayers_mnasnet_small'), ref.state_dict(),
+                          missing=['blocks.2.1.conv_dw.weight'], extra=['blocks.9.0.conv_pw.weight'],
+                          wrong={'conv_head.weight': (3, 3, 1, 1)},
+                          names=['stages.2.1.dw.0.weight', 'blocks.9.0.conv_pw.weight', 'head_conv.0.weight'])
 
 
 def test_filter_error_through_create_model(weights, tmp_path):

@@ -14,6 +14,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
 from random_weights import randomize_weights
+from twin_checks import assert_filter_rejects
 from timm_metalayers.hub import load_weights
 from timm_metalayers.layers import create_classifier
 from timm_metalayers.layers.classifier import HeadResetError
@@ -118,17 +119,12 @@ def test_pretrained_in_chans_and_num_classes(name, twins):
 
 def test_filter_names_broken_keys(twins):
     ref, _ = twins('metalayers_squeezenet1_1')
-    model = timm.create_model('metalayers_squeezenet1_1')
-    state = dict(ref.state_dict())
-    del state['features.4.expand3x3.weight']
-    state['features.99.squeeze.weight'] = torch.zeros(1)
-    state['features.6.squeeze.bias'] = torch.zeros(3)
-    with pytest.raises(CheckpointMismatchError) as err:
-        load_weights(model, state)
-    message = str(err.value)
-    assert 'stages.0.2.expand.branch1.0.weight' in message  # missing
-    assert 'features.99.squeeze.weight' in message  # no place in the model
-    assert 'stages.1.1.squeeze.0.bias' in message  # wrong shape
+    assert_filter_rejects(lambda state, model: load_weights(model, state).state_dict(),
+                          timm.create_model('metalayers_squeezenet1_1'), ref.state_dict(),
+                          missing=['features.4.expand3x3.weight'], extra=['features.99.squeeze.weight'],
+                          wrong={'features.6.squeeze.bias': (3,)},
+                          names=['stages.0.2.expand.branch1.0.weight', 'features.99.squeeze.weight',
+                                 'stages.1.1.squeeze.0.bias'])
 
 
 def test_alexnet_filter_error_through_create_model(twins, tmp_path):

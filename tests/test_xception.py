@@ -4,10 +4,9 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import (assert_adapts_in_chans_and_head, assert_logits_close, assert_tags_are_timms, ours_from_file,
-                         timm_checkpoint)
+from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_logits_close,
+                         assert_tags_are_timms, ours_from_file, timm_checkpoint)
 from timm_metalayers.models.xception import XceptionBlock, checkpoint_filter_fn, xception, xception_block
-from timm_metalayers.state_dict import CheckpointMismatchError
 
 
 @pytest.fixture(scope='module')
@@ -36,19 +35,11 @@ def test_pretrained_adapts_in_chans_and_head(xception_file):
 
 def test_filter_names_broken_keys(xception_file):
     ref, _ = xception_file
-    model = timm.create_model('metalayers_legacy_xception')
-    sd = ref.state_dict()
-    missing = {k: v for k, v in sd.items() if k != 'block1.rep.4.running_var'}
-    with pytest.raises(CheckpointMismatchError, match=r'entry_flow\.0\.rep\.6\.running_var'):
-        checkpoint_filter_fn(missing, model)
-    missing = {k: v for k, v in sd.items() if k != 'block5.rep.4.pointwise.weight'}
-    with pytest.raises(CheckpointMismatchError, match=r'middle_flow\.1\.rep\.6\.weight'):
-        checkpoint_filter_fn(missing, model)
-    extra = dict(sd, **{'block13.skip.weight': torch.zeros(1)})
-    with pytest.raises(CheckpointMismatchError, match=r'block13\.skip\.weight'):
-        checkpoint_filter_fn(extra, model)
-    ours = model.state_dict()
-    assert list(checkpoint_filter_fn(ours, model)) == list(ours)
+    assert_filter_rejects(checkpoint_filter_fn, timm.create_model('metalayers_legacy_xception'), ref.state_dict(),
+                          missing=['block1.rep.4.running_var', 'block5.rep.4.pointwise.weight'],
+                          extra=['block13.skip.weight'],
+                          names=[r'entry_flow\.0\.rep\.6\.running_var', r'middle_flow\.1\.rep\.6\.weight',
+                                 r'block13\.skip\.weight'])
 
 
 def test_flows_and_features(xception_file):

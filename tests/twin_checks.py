@@ -1,7 +1,9 @@
 """Shared checks of a twin family against timm: a random timm checkpoint written as safetensors, our model
 loaded from it through timm's factory, and the full key/shape mapping of big variants on the meta device."""
-from typing import Callable, Dict, Tuple
+import re
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
+import pytest
 import timm
 import torch
 from safetensors.torch import save_file
@@ -9,6 +11,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
 from random_weights import randomize_weights
+from timm_metalayers.state_dict import CheckpointMismatchError
 
 
 def timm_checkpoint(arch: str, directory, gain: float = 2.0, **kwargs) -> Tuple[nn.Module, str]:
@@ -81,3 +84,23 @@ def assert_adapts_in_chans_and_head(arch: str, path: str, size: int = 64, **kwar
         torch.testing.assert_close(ours1(x), expected, rtol=1e-4, atol=1e-4 * max(1.0, expected.abs().max().item()))
         assert timm.create_model(f'metalayers_{arch}', num_classes=5, **kw).eval()(x).shape == (1, 5)
     return ours1
+
+
+def assert_filter_rejects(checkpoint_filter_fn: Callable, model: nn.Module, state_dict: Dict[str, torch.Tensor], *,
+                          missing: Iterable[str] = (), extra: Iterable[str] = (),
+                          wrong: Optional[Dict[str, Sequence[int]]] = None, names: Iterable[str] = ()) -> None:
+    """The filter refuses ``state_dict`` broken three ways (the keys ``missing`` left out, the keys ``extra`` added,
+    the keys of ``wrong`` given those shapes) with one ``CheckpointMismatchError`` in which each of ``names`` (a regex:
+    our key a missing or mis-shaped one maps to, the extra key itself) is found; and it loads the model's own state
+    dict unchanged."""
+    device = next(iter(state_dict.values())).device
+    missing = set(missing)
+    broken = {k: v for k, v in state_dict.items() if k not in missing}
+    broken.update({k: torch.zeros(1, device=device) for k in extra})
+    broken.update({k: torch.zeros(tuple(shape), device=device) for k, shape in (wrong or {}).items()})
+    with pytest.raises(CheckpointMismatchError) as err:
+        checkpoint_filter_fn(broken, model)
+    for name in names:
+        assert re.search(name, str(err.value)), (name, str(err.value))
+    own = model.state_dict()
+    assert list(checkpoint_filter_fn(own, model)) == list(own)
