@@ -4,7 +4,7 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_logits_close,
+from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_logits_close, assert_twin,
                          assert_meta_mapping, assert_tags_are_timms, ours_from_file, timm_checkpoint)
 from timm_metalayers.models.densenet import DenseBottleneck, checkpoint_filter_fn, dense_bottleneck, densenet
 
@@ -18,10 +18,7 @@ def densenet121_file(tmp_path_factory):
 
 def test_parity_with_timm_through_filter(densenet121_file):
     ref, path = densenet121_file
-    ours = ours_from_file('densenet121', path)
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert_logits_close(ours, ref, (64, 64))
-    assert_logits_close(ours, ref, (80, 48), batch=1)
+    assert_twin('densenet121', ref, path, (64, 64), (80, 48))
 
 
 @pytest.mark.parametrize('arch', ARCHS[1:])

@@ -4,12 +4,11 @@ import functools
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
 from twin_checkpoints import load_twin
-from twin_checks import assert_filter_rejects
+from twin_checks import assert_create_model_refuses, assert_filter_rejects
 from timm_metalayers.layers import StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.layers.classifier import HeadResetError
@@ -87,11 +86,8 @@ def test_filter_names_broken_keys(weights):
 
 def test_filter_error_through_create_model(weights, tmp_path):
     ref, _ = weights('mobilenetv3_small_050')
-    state = {k: v for k, v in ref.state_dict().items() if not k.startswith('conv_head')}
-    path = str(tmp_path / 'broken.safetensors')
-    save_file({k: v.contiguous() for k, v in state.items()}, path)
-    with pytest.raises(CheckpointMismatchError, match=r'head\.hidden\.weight'):
-        load_twin('mobilenetv3_small_050', path)
+    assert_create_model_refuses('metalayers_mobilenetv3_small_050', ref.state_dict(), tmp_path,
+                                drop_prefix='conv_head', match=r'head\.hidden\.weight')
 
 
 def test_filter_loads_own_state_dict_unchanged(weights):

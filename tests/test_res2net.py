@@ -5,8 +5,8 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_logits_close,
-                         assert_meta_mapping, assert_tags_are_timms, ours_from_file, timm_checkpoint)
+from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_meta_mapping,
+                         assert_tags_are_timms, assert_twin, ours_from_file, timm_checkpoint)
 from timm_metalayers.layers import StochasticDepth, linear_scheduler
 from timm_metalayers.models.resnet import MultiScaleConvs, bottle2neck, checkpoint_filter_fn, resnet
 
@@ -23,11 +23,7 @@ def res2net_file(tmp_path_factory):
 @pytest.mark.parametrize('arch', SMALL)
 def test_parity_with_timm_through_filter(arch, tmp_path):
     ref, path = timm_checkpoint(arch, tmp_path)
-    ours = ours_from_file(arch, path)
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert_logits_close(ours, ref, (64, 64))
-    if arch == 'res2net50_26w_4s':
-        assert_logits_close(ours, ref, (72, 56), batch=1)
+    assert_twin(arch, ref, path, (64, 64), *([(72, 56)] if arch == 'res2net50_26w_4s' else []))
 
 
 @pytest.mark.parametrize('arch', BIG)

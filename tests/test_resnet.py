@@ -8,7 +8,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
 from random_weights import randomize_weights
-from twin_checks import assert_filter_rejects
+from twin_checks import assert_create_model_refuses, assert_filter_rejects
 from timm_metalayers.layers import AdaptiveMeanMaxPool, DropBlock, StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.models.resnet import ResNet, basicblock, bottleneck, checkpoint_filter_fn, resnet
@@ -81,11 +81,8 @@ def test_filter_rejects_broken_checkpoints(tmp_path):
     with pytest.raises(CheckpointMismatchError):
         checkpoint_filter_fn(timm.create_model('resnet50').state_dict(), model)
 
-    # through create_model: a clear error, not a half-loaded model
-    path = tmp_path / 'broken.safetensors'
-    save_file({k: v.contiguous() for k, v in sd.items() if k != 'layer2.1.bn1.weight'}, str(path))
-    with pytest.raises(CheckpointMismatchError, match='does not provide'):
-        _ours('resnet18', str(path))
+    assert_create_model_refuses('metalayers_resnet18', sd, tmp_path, drop_prefix='layer2.1.bn1.weight',
+                                match='does not provide')
 
 
 def test_our_naming_loads_unchanged():

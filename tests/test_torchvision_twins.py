@@ -14,7 +14,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
 from random_weights import randomize_weights
-from twin_checks import assert_filter_rejects
+from twin_checks import assert_create_model_refuses, assert_filter_rejects
 from timm_metalayers.hub import load_weights
 from timm_metalayers.layers import create_classifier
 from timm_metalayers.layers.classifier import HeadResetError
@@ -23,7 +23,6 @@ from timm_metalayers.models._torchvision import TORCHVISION_TWINS, create_torchv
 from timm_metalayers.models.alexnet import alexnet
 from timm_metalayers.models.googlenet import googlenet_stages
 from timm_metalayers.models.squeezenet import SQUEEZENET_CONFIGS, squeezenet
-from timm_metalayers.state_dict import CheckpointMismatchError
 
 MODELS = ['metalayers_googlenet', 'metalayers_squeezenet1_0', 'metalayers_squeezenet1_1', 'metalayers_alexnet']
 FIRST_CONV = {'metalayers_googlenet': 'stages.0.0.0', 'metalayers_squeezenet1_0': 'stem.0',
@@ -129,11 +128,8 @@ def test_filter_names_broken_keys(twins):
 
 def test_alexnet_filter_error_through_create_model(twins, tmp_path):
     ref, _ = twins('metalayers_alexnet')
-    state = {k: v for k, v in ref.state_dict().items() if not k.startswith('classifier.4')}
-    path = str(tmp_path / 'broken.safetensors')
-    save_file({k: v.contiguous() for k, v in state.items()}, path)
-    with pytest.raises(CheckpointMismatchError, match=r'head\.hidden1\.weight'):
-        _ours('metalayers_alexnet', path)
+    assert_create_model_refuses('metalayers_alexnet', ref.state_dict(), tmp_path, drop_prefix='classifier.4',
+                                match=r'head\.hidden1\.weight')
 
 
 # ------------------------------------------------------------------------------------------------ builders

@@ -4,8 +4,8 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_logits_close,
-                         assert_tags_are_timms, ours_from_file, timm_checkpoint)
+from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_tags_are_timms, assert_twin,
+                         timm_checkpoint)
 from timm_metalayers.models.xception import XceptionBlock, checkpoint_filter_fn, xception, xception_block
 
 
@@ -16,10 +16,7 @@ def xception_file(tmp_path_factory):
 
 def test_parity_with_timm_through_filter(xception_file):
     ref, path = xception_file
-    ours = ours_from_file('legacy_xception', path)
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert_logits_close(ours, ref, (64, 64))
-    assert_logits_close(ours, ref, (80, 72), batch=1)
+    assert_twin('legacy_xception', ref, path, (64, 64), (80, 72))
 
 
 def test_pretrained_tags_are_timms():

@@ -41,6 +41,16 @@ def assert_logits_close(ours: nn.Module, ref: nn.Module, size: Tuple[int, int], 
                                    rtol=1e-4, atol=1e-4 * scale)
 
 
+def assert_twin(arch: str, ref: nn.Module, path: str, *sizes: Tuple[int, int]) -> nn.Module:
+    """Our twin of ``arch`` loaded from ``path`` (``ref``'s weights) has ``ref``'s parameter count and its logits at
+    each of ``sizes`` (a batch of 2 at the first, 1 at the others); returns our model."""
+    ours = ours_from_file(arch, path)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    for i, size in enumerate(sizes):
+        assert_logits_close(ours, ref, size, batch=1 if i else 2)
+    return ours
+
+
 def assert_meta_mapping(arch: str, checkpoint_filter_fn: Callable) -> Dict[str, torch.Tensor]:
     """Every key of timm's ``arch`` maps onto our twin with its shape, and every key of ours is provided,
     checked on the meta device (no weights, no compute)."""
@@ -84,6 +94,17 @@ def assert_adapts_in_chans_and_head(arch: str, path: str, size: int = 64, **kwar
         torch.testing.assert_close(ours1(x), expected, rtol=1e-4, atol=1e-4 * max(1.0, expected.abs().max().item()))
         assert timm.create_model(f'metalayers_{arch}', num_classes=5, **kw).eval()(x).shape == (1, 5)
     return ours1
+
+
+def assert_create_model_refuses(model_name: str, state_dict: Dict[str, torch.Tensor], directory, *,
+                                 drop_prefix: str, match: str) -> None:
+    """``state_dict`` without the keys under ``drop_prefix``, saved as a file and loaded through timm's
+    ``create_model`` as a user loads weights, is a ``CheckpointMismatchError`` matching ``match``, not a half-loaded
+    model."""
+    path = str(directory / 'broken.safetensors')
+    save_file({k: v.contiguous() for k, v in state_dict.items() if not k.startswith(drop_prefix)}, path)
+    with pytest.raises(CheckpointMismatchError, match=match):
+        timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=path))
 
 
 def assert_filter_rejects(checkpoint_filter_fn: Callable, model: nn.Module, state_dict: Dict[str, torch.Tensor], *,
