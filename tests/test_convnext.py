@@ -10,9 +10,9 @@ from timm.models.convnext import ConvNeXt as TimmConvNeXt
 import timm_metalayers  # noqa: F401  (registers the models)
 from timm_metalayers.layers import ChannelLayerNorm, LayerNormV2, StochasticDepth, linear_scheduler
 from timm_metalayers.models.convnext import ConvNeXt, checkpoint_filter_fn, convnext
-from twins import (assert_filter_names_broken_keys, assert_full_mapping, assert_same_outputs,  # noqa: F401
-                   load_through_filter, max_diff, one_thread, ours_pretrained, save_timm_checkpoint,
-                   timm_checkpoint)
+from twin_checks import assert_adapts_in_chans_and_head, assert_filter_rejects
+from twins import (assert_full_mapping, assert_same_outputs, load_through_filter, max_diff,  # noqa: F401
+                   one_thread, ours_pretrained, save_timm_checkpoint, timm_checkpoint)
 
 ARCHS = ['convnext_tiny', 'convnext_small', 'convnext_base', 'convnext_large', 'convnext_xlarge']
 SMALL = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 48))  # timm's names for a small custom ConvNeXt
@@ -51,26 +51,16 @@ def test_parity_custom_build_with_head_hidden_size():
 
 def test_pretrained_in_chans_and_num_classes(tiny):
     _, path = tiny
-    kwargs = dict(in_chans=1, num_classes=7, pretrained=True, pretrained_cfg_overlay=dict(file=path))
-    ref = timm.create_model('convnext_tiny', **kwargs).eval()
-    ours = timm.create_model('metalayers_convnext_tiny', **kwargs).eval()
-    torch.testing.assert_close(ours.stem[0].weight, ref.stem[0].weight)
-    x = torch.randn(1, 1, 64, 64)
-    with torch.no_grad():
-        assert max_diff(ours.forward_head(ours.forward_features(x), pre_logits=True),
-                        ref.forward_head(ref.forward_features(x), pre_logits=True)) <= 1e-4
-        assert ours(x).shape == (1, 7)
+    assert_adapts_in_chans_and_head('convnext_tiny', path)
 
 
 def test_filter_names_broken_keys(tiny):
     ref, _ = tiny
-    sd = dict(ref.state_dict())
-    del sd['stages.2.blocks.4.mlp.fc1.weight']
-    sd['stages.1.blocks.0.bogus.weight'] = torch.zeros(1)
-    sd['head.norm.weight'] = torch.zeros(5)
-    assert_filter_names_broken_keys(checkpoint_filter_fn, sd, convnext((3, 3, 9, 3), (96, 192, 384, 768)),
-                                    ['stages.2.blocks.4.branch.mlp.fc1.weight', 'stages.1.blocks.0.bogus.weight',
-                                     'head.norm.weight'])
+    assert_filter_rejects(checkpoint_filter_fn, convnext((3, 3, 9, 3), (96, 192, 384, 768)), ref.state_dict(),
+                          missing=['stages.2.blocks.4.mlp.fc1.weight'], extra=['stages.1.blocks.0.bogus.weight'],
+                          wrong={'head.norm.weight': (5,)},
+                          names=['stages.2.blocks.4.branch.mlp.fc1.weight', 'stages.1.blocks.0.bogus.weight',
+                                 'head.norm.weight'])
 
 
 def test_forward_intermediates_match_timm(tiny):

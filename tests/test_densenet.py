@@ -4,10 +4,9 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import (assert_adapts_in_chans_and_head, assert_logits_close, assert_meta_mapping,
-                         assert_tags_are_timms, ours_from_file, timm_checkpoint)
+from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_logits_close, assert_twin,
+                         assert_meta_mapping, assert_tags_are_timms, ours_from_file, timm_checkpoint)
 from timm_metalayers.models.densenet import DenseBottleneck, checkpoint_filter_fn, dense_bottleneck, densenet
-from timm_metalayers.state_dict import CheckpointMismatchError
 
 ARCHS = ['densenet121', 'densenet161', 'densenet169', 'densenet201']
 
@@ -19,10 +18,7 @@ def densenet121_file(tmp_path_factory):
 
 def test_parity_with_timm_through_filter(densenet121_file):
     ref, path = densenet121_file
-    ours = ours_from_file('densenet121', path)
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert_logits_close(ours, ref, (64, 64))
-    assert_logits_close(ours, ref, (80, 48), batch=1)
+    assert_twin('densenet121', ref, path, (64, 64), (80, 48))
 
 
 @pytest.mark.parametrize('arch', ARCHS[1:])
@@ -55,19 +51,12 @@ def test_pretrained_adapts_in_chans_head_and_features(densenet121_file):
 
 def test_filter_names_broken_keys(densenet121_file):
     ref, _ = densenet121_file
-    model = timm.create_model('metalayers_densenet121')
-    sd = ref.state_dict()
-    missing = {k: v for k, v in sd.items() if k != 'features.denseblock2.denselayer3.norm2.weight'}
-    with pytest.raises(CheckpointMismatchError, match=r'denseblock2\.2\.branch\.2\.weight'):
-        checkpoint_filter_fn(missing, model)
-    extra = dict(sd, **{'features.denseblock9.denselayer1.conv1.weight': torch.zeros(1)})
-    with pytest.raises(CheckpointMismatchError, match=r'features\.denseblock9\.denselayer1\.conv1\.weight'):
-        checkpoint_filter_fn(extra, model)
-    wrong = dict(sd, **{'features.transition1.conv.weight': torch.zeros(64, 256, 1, 1)})
-    with pytest.raises(CheckpointMismatchError, match=r'transition1\.1\.weight'):
-        checkpoint_filter_fn(wrong, model)
-    ours = model.state_dict()
-    assert list(checkpoint_filter_fn(ours, model)) == list(ours)
+    assert_filter_rejects(checkpoint_filter_fn, timm.create_model('metalayers_densenet121'), ref.state_dict(),
+                          missing=['features.denseblock2.denselayer3.norm2.weight'],
+                          extra=['features.denseblock9.denselayer1.conv1.weight'],
+                          wrong={'features.transition1.conv.weight': (64, 256, 1, 1)},
+                          names=[r'denseblock2\.2\.branch\.2\.weight',
+                                 r'features\.denseblock9\.denselayer1\.conv1\.weight', r'transition1\.1\.weight'])
 
 
 def test_dense_bottleneck_is_pre_activation_and_concatenates():

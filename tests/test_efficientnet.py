@@ -5,17 +5,16 @@ import copy
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
 from timm.layers import Conv2dSame
 from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
 from twin_checkpoints import load_twin
+from twin_checks import assert_create_model_refuses, assert_filter_rejects
 from timm_metalayers.layers import StochasticDepth, dwsep_conv_norm, fused_mbconv, linear_scheduler, mbconv
 from timm_metalayers.models._invres import InvResNet, invresmodel, scale_depths
 from timm_metalayers.models.efficientnet import (
     INVRES_CONFIGS, checkpoint_filter_fn, efficientnet, efficientnetv2, mnasnet, mobilenetv1, mobilenetv2)
-from timm_metalayers.state_dict import CheckpointMismatchError
 
 TWINS = ([f'efficientnet_b{i}' for i in range(8)] + [f'tf_efficientnet_b{i}' for i in range(8)]
          + [f'tf_efficientnetv2_{s}' for s in ('s', 'm', 'l', 'xl')]
@@ -118,26 +117,16 @@ def test_data_config_from_tag():
 
 def test_filter_names_broken_keys(weights):
     ref, _ = weights('mnasnet_small')
-    model = timm.create_model('metalayers_mnasnet_small')
-    state = dict(ref.state_dict())
-    del state['blocks.2.1.conv_dw.weight']
-    state['blocks.9.0.conv_pw.weight'] = torch.zeros(1)
-    state['conv_head.weight'] = torch.zeros(3, 3, 1, 1)
-    with pytest.raises(CheckpointMismatchError) as err:
-        checkpoint_filter_fn(state, model)
-    message = str(err.value)
-    assert 'stages.2.1.dw.0.weight' in message  # missing
-    assert 'blocks.9.0.conv_pw.weight' in message  # no place in the model
-    assert 'head_conv.0.weight' in message  # wrong shape
+    assert_filter_rejects(checkpoint_filter_fn, timm.create_model('metalayers_mnasnet_small'), ref.state_dict(),
+                          missing=['blocks.2.1.conv_dw.weight'], extra=['blocks.9.0.conv_pw.weight'],
+                          wrong={'conv_head.weight': (3, 3, 1, 1)},
+                          names=['stages.2.1.dw.0.weight', 'blocks.9.0.conv_pw.weight', 'head_conv.0.weight'])
 
 
 def test_filter_error_through_create_model(weights, tmp_path):
     ref, _ = weights('mobilenetv1_125')
-    state = {k: v for k, v in ref.state_dict().items() if not k.startswith('blocks.3.5.bn2')}
-    path = str(tmp_path / 'broken.safetensors')
-    save_file({k: v.contiguous() for k, v in state.items()}, path)
-    with pytest.raises(CheckpointMismatchError, match=r'stages\.3\.5\.4\.weight'):
-        load_twin('mobilenetv1_125', path)
+    assert_create_model_refuses('metalayers_mobilenetv1_125', ref.state_dict(), tmp_path, drop_prefix='blocks.3.5.bn2',
+                                match=r'stages\.3\.5\.4\.weight')
 
 
 def test_filter_loads_own_state_dict_unchanged(weights):

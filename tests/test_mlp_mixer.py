@@ -13,9 +13,9 @@ import timm_metalayers  # noqa: F401  (registers the models)
 from timm_metalayers.layers import Affine, LayerScale, SkipConnection, linear_scheduler, mlp_block
 from timm_metalayers.models.mlp_mixer import (MlpMixer, checkpoint_filter_fn, mixer_block, mlpmixer, resmlp_block,
                                               spatial_gating_block)
-from twins import (assert_filter_names_broken_keys, assert_full_mapping, assert_same_outputs,  # noqa: F401
-                   load_through_filter, max_diff, one_thread, ours_pretrained, save_timm_checkpoint,
-                   timm_checkpoint)
+from twin_checks import assert_filter_rejects
+from twins import (assert_full_mapping, assert_same_outputs, load_through_filter, max_diff,  # noqa: F401
+                   one_thread, ours_pretrained, save_timm_checkpoint, timm_checkpoint)
 
 ARCHS = ['mixer_s16_224', 'mixer_b16_224', 'mixer_l16_224', 'resmlp_12_224', 'resmlp_24_224', 'resmlp_36_224',
          'resmlp_big_24_224', 'gmlp_ti16_224', 'gmlp_s16_224', 'gmlp_b16_224']
@@ -103,11 +103,10 @@ def test_pretrained_in_chans_and_num_classes(tmp_path):
 
 def test_filter_names_broken_keys(small):
     ref, ours = small
-    sd = dict(ref.state_dict())
+    sd = ref.state_dict()
     key = next(k for k in sd if k.startswith('blocks.1.') and k.endswith('fc1.weight'))
-    sd[key] = sd[key][:, :3]
-    sd['blocks.0.extra.weight'] = torch.zeros(2)
-    assert_filter_names_broken_keys(checkpoint_filter_fn, sd, ours, ['fc1.weight', 'blocks.0.extra.weight'])
+    assert_filter_rejects(checkpoint_filter_fn, ours, sd, extra=['blocks.0.extra.weight'],
+                          wrong={key: (sd[key].shape[0], 3)}, names=['fc1.weight', 'blocks.0.extra.weight'])
 
 
 # ---------------------------------------------------------------- the fixed token count

@@ -4,11 +4,11 @@ import functools
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
 from twin_checkpoints import load_twin
+from twin_checks import assert_create_model_refuses, assert_filter_rejects
 from timm_metalayers.layers import StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.layers.classifier import HeadResetError
@@ -77,27 +77,17 @@ def test_data_config_from_tag():
 
 def test_filter_names_broken_keys(weights):
     ref, _ = weights('mobilenetv3_small_050')
-    model = timm.create_model('metalayers_mobilenetv3_small_050')
-    state = dict(ref.state_dict())
-    del state['blocks.2.1.conv_dw.weight']
-    state['blocks.9.0.conv.weight'] = torch.zeros(1)
-    state['blocks.1.0.bn3.weight'] = torch.zeros(3)
-    with pytest.raises(CheckpointMismatchError) as err:
-        checkpoint_filter_fn(state, model)
-    message = str(err.value)
-    assert 'stages.2.1.dw.0.weight' in message  # missing
-    assert 'blocks.9.0.conv.weight' in message  # no place in the model
-    assert 'stages.1.0.project.1.weight' in message  # wrong shape
-    assert isinstance(err.value, ValueError) and not isinstance(err.value, TypeError)
+    assert_filter_rejects(checkpoint_filter_fn, timm.create_model('metalayers_mobilenetv3_small_050'),
+                          ref.state_dict(), missing=['blocks.2.1.conv_dw.weight'], extra=['blocks.9.0.conv.weight'],
+                          wrong={'blocks.1.0.bn3.weight': (3,)},
+                          names=['stages.2.1.dw.0.weight', 'blocks.9.0.conv.weight', 'stages.1.0.project.1.weight'])
+    assert issubclass(CheckpointMismatchError, ValueError) and not issubclass(CheckpointMismatchError, TypeError)
 
 
 def test_filter_error_through_create_model(weights, tmp_path):
     ref, _ = weights('mobilenetv3_small_050')
-    state = {k: v for k, v in ref.state_dict().items() if not k.startswith('conv_head')}
-    path = str(tmp_path / 'broken.safetensors')
-    save_file({k: v.contiguous() for k, v in state.items()}, path)
-    with pytest.raises(CheckpointMismatchError, match=r'head\.hidden\.weight'):
-        load_twin('mobilenetv3_small_050', path)
+    assert_create_model_refuses('metalayers_mobilenetv3_small_050', ref.state_dict(), tmp_path,
+                                drop_prefix='conv_head', match=r'head\.hidden\.weight')
 
 
 def test_filter_loads_own_state_dict_unchanged(weights):

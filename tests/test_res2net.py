@@ -5,11 +5,10 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import (assert_adapts_in_chans_and_head, assert_logits_close, assert_meta_mapping,
-                         assert_tags_are_timms, ours_from_file, timm_checkpoint)
+from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_meta_mapping,
+                         assert_tags_are_timms, assert_twin, ours_from_file, timm_checkpoint)
 from timm_metalayers.layers import StochasticDepth, linear_scheduler
 from timm_metalayers.models.resnet import MultiScaleConvs, bottle2neck, checkpoint_filter_fn, resnet
-from timm_metalayers.state_dict import CheckpointMismatchError
 
 SMALL = ['seresnext50_32x4d', 'res2net50_26w_4s', 'res2net50_14w_8s', 'res2net50_26w_6s', 'res2net50_26w_8s',
          'res2net50_48w_2s', 'res2next50']
@@ -24,11 +23,7 @@ def res2net_file(tmp_path_factory):
 @pytest.mark.parametrize('arch', SMALL)
 def test_parity_with_timm_through_filter(arch, tmp_path):
     ref, path = timm_checkpoint(arch, tmp_path)
-    ours = ours_from_file(arch, path)
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert_logits_close(ours, ref, (64, 64))
-    if arch == 'res2net50_26w_4s':
-        assert_logits_close(ours, ref, (72, 56), batch=1)
+    assert_twin(arch, ref, path, (64, 64), *([(72, 56)] if arch == 'res2net50_26w_4s' else []))
 
 
 @pytest.mark.parametrize('arch', BIG)
@@ -51,19 +46,11 @@ def test_pretrained_adapts_in_chans_and_head(res2net_file):
 
 def test_filter_names_broken_res2net_keys(res2net_file):
     ref, _ = res2net_file
-    model = timm.create_model('metalayers_res2net50_26w_4s')
-    sd = ref.state_dict()
-    missing = {k: v for k, v in sd.items() if k != 'layer1.0.bns.1.weight'}
-    with pytest.raises(CheckpointMismatchError, match=r'layer1\.0\.conv2\.0\.convs\.1\.1\.weight'):
-        checkpoint_filter_fn(missing, model)
-    wrong = dict(sd, **{'layer2.1.convs.2.weight': torch.zeros(3, 3, 3, 3)})
-    with pytest.raises(CheckpointMismatchError, match=r'layer2\.1\.conv2\.0\.convs\.2\.0\.weight'):
-        checkpoint_filter_fn(wrong, model)
-    extra = dict(sd, **{'layer1.0.convs.9.weight': torch.zeros(1)})
-    with pytest.raises(CheckpointMismatchError, match=r'layer1\.0\.convs\.9\.weight'):
-        checkpoint_filter_fn(extra, model)
-    ours = model.state_dict()
-    assert checkpoint_filter_fn(ours, model).keys() == ours.keys()
+    assert_filter_rejects(checkpoint_filter_fn, timm.create_model('metalayers_res2net50_26w_4s'), ref.state_dict(),
+                          missing=['layer1.0.bns.1.weight'], extra=['layer1.0.convs.9.weight'],
+                          wrong={'layer2.1.convs.2.weight': (3, 3, 3, 3)},
+                          names=[r'layer1\.0\.conv2\.0\.convs\.1\.1\.weight', r'layer1\.0\.convs\.9\.weight',
+                                 r'layer2\.1\.conv2\.0\.convs\.2\.0\.weight'])
 
 
 def test_multi_scale_convs_cascade_inside_a_stage():

@@ -8,6 +8,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
 from random_weights import randomize_weights
+from twin_checks import assert_create_model_refuses, assert_filter_rejects
 from timm_metalayers.layers import AdaptiveMeanMaxPool, DropBlock, StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
 from timm_metalayers.models.resnet import ResNet, basicblock, bottleneck, checkpoint_filter_fn, resnet
@@ -68,31 +69,20 @@ def test_pretrained_adapts_in_chans_and_head(arch, tmp_path):
 
 
 def test_filter_rejects_broken_checkpoints(tmp_path):
-    ref = timm.create_model('resnet18')
     model = timm.create_model('metalayers_resnet18')
-    sd = ref.state_dict()
-
-    missing = {k: v for k, v in sd.items() if k != 'layer2.1.bn1.weight'}
-    with pytest.raises(CheckpointMismatchError, match=r'layer2\.1\.conv1\.1\.weight'):
-        checkpoint_filter_fn(missing, model)
-
-    extra = dict(sd, **{'layer9.0.conv1.weight': torch.zeros(1)})
-    with pytest.raises(CheckpointMismatchError, match=r'layer9\.0\.conv1\.weight'):
-        checkpoint_filter_fn(extra, model)
-
-    wrong = dict(sd, **{'layer3.0.conv2.weight': torch.zeros(256, 256, 1, 1)})
-    with pytest.raises(CheckpointMismatchError, match=r'layer3\.0\.conv2\.0\.weight.*\(256, 256, 1, 1\)'):
-        checkpoint_filter_fn(wrong, model)
+    sd = timm.create_model('resnet18').state_dict()
+    assert_filter_rejects(checkpoint_filter_fn, model, sd,
+                          missing=['layer2.1.bn1.weight'], extra=['layer9.0.conv1.weight'],
+                          wrong={'layer3.0.conv2.weight': (256, 256, 1, 1)},
+                          names=[r'layer2\.1\.conv1\.1\.weight', r'layer9\.0\.conv1\.weight',
+                                 r'layer3\.0\.conv2\.0\.weight.*\(256, 256, 1, 1\)'])
 
     # another architecture's checkpoint
     with pytest.raises(CheckpointMismatchError):
         checkpoint_filter_fn(timm.create_model('resnet50').state_dict(), model)
 
-    # through create_model: a clear error, not a half-loaded model
-    path = tmp_path / 'broken.safetensors'
-    save_file({k: v.contiguous() for k, v in missing.items()}, str(path))
-    with pytest.raises(CheckpointMismatchError, match='does not provide'):
-        _ours('resnet18', str(path))
+    assert_create_model_refuses('metalayers_resnet18', sd, tmp_path, drop_prefix='layer2.1.bn1.weight',
+                                match='does not provide')
 
 
 def test_our_naming_loads_unchanged():

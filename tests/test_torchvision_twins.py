@@ -1,5 +1,6 @@
 """GoogLeNet, SqueezeNet and AlexNet: parity with torchvision through the checkpoint filters, the builders'
 options and errors, the extended create_classifier heads, and scripts/convert_torchvision.py."""
+import copy
 import functools
 import importlib.util
 import warnings
@@ -13,14 +14,15 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401 (registers the models)
 from random_weights import randomize_weights
+from twin_checks import assert_create_model_refuses, assert_filter_rejects
 from timm_metalayers.hub import load_weights
 from timm_metalayers.layers import create_classifier
 from timm_metalayers.layers.classifier import HeadResetError
+from timm_metalayers.models import googlenet as googlenet_module
 from timm_metalayers.models._torchvision import TORCHVISION_TWINS, create_torchvision_twin
 from timm_metalayers.models.alexnet import alexnet
 from timm_metalayers.models.googlenet import googlenet_stages
 from timm_metalayers.models.squeezenet import SQUEEZENET_CONFIGS, squeezenet
-from timm_metalayers.state_dict import CheckpointMismatchError
 
 MODELS = ['metalayers_googlenet', 'metalayers_squeezenet1_0', 'metalayers_squeezenet1_1', 'metalayers_alexnet']
 FIRST_CONV = {'metalayers_googlenet': 'stages.0.0.0', 'metalayers_squeezenet1_0': 'stem.0',
@@ -36,7 +38,8 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')
 @functools.lru_cache(maxsize=None)
 def _twin_and_file(name: str, tmp_root: str, **kwargs):
     """A torchvision twin with random weights (googlenet with its auxiliary classifiers, which the filter
-    drops) and its state dict as a safetensors file."""
+    loads into a model with ``aux_logits=True`` and drops for one without) and its state dict as a safetensors
+    file."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         ref = randomize_weights(create_torchvision_twin(name, **kwargs), gain=2.0)
@@ -115,26 +118,18 @@ def test_pretrained_in_chans_and_num_classes(name, twins):
 
 def test_filter_names_broken_keys(twins):
     ref, _ = twins('metalayers_squeezenet1_1')
-    model = timm.create_model('metalayers_squeezenet1_1')
-    state = dict(ref.state_dict())
-    del state['features.4.expand3x3.weight']
-    state['features.99.squeeze.weight'] = torch.zeros(1)
-    state['features.6.squeeze.bias'] = torch.zeros(3)
-    with pytest.raises(CheckpointMismatchError) as err:
-        load_weights(model, state)
-    message = str(err.value)
-    assert 'stages.0.2.expand.branch1.0.weight' in message  # missing
-    assert 'features.99.squeeze.weight' in message  # no place in the model
-    assert 'stages.1.1.squeeze.0.bias' in message  # wrong shape
+    assert_filter_rejects(lambda state, model: load_weights(model, state).state_dict(),
+                          timm.create_model('metalayers_squeezenet1_1'), ref.state_dict(),
+                          missing=['features.4.expand3x3.weight'], extra=['features.99.squeeze.weight'],
+                          wrong={'features.6.squeeze.bias': (3,)},
+                          names=['stages.0.2.expand.branch1.0.weight', 'features.99.squeeze.weight',
+                                 'stages.1.1.squeeze.0.bias'])
 
 
 def test_alexnet_filter_error_through_create_model(twins, tmp_path):
     ref, _ = twins('metalayers_alexnet')
-    state = {k: v for k, v in ref.state_dict().items() if not k.startswith('classifier.4')}
-    path = str(tmp_path / 'broken.safetensors')
-    save_file({k: v.contiguous() for k, v in state.items()}, path)
-    with pytest.raises(CheckpointMismatchError, match=r'head\.hidden1\.weight'):
-        _ours('metalayers_alexnet', path)
+    assert_create_model_refuses('metalayers_alexnet', ref.state_dict(), tmp_path, drop_prefix='classifier.4',
+                                match=r'head\.hidden1\.weight')
 
 
 # ------------------------------------------------------------------------------------------------ builders
@@ -170,8 +165,117 @@ def test_googlenet_metalhead_options():
     assert plain[2][1][2][1][0].kernel_size == (5, 5)
     model = timm.create_model('metalayers_googlenet', batchnorm=False, num_classes=4).eval()
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
-    with pytest.raises(ValueError, match='aux_logits=True'):
-        timm.create_model('metalayers_googlenet', aux_logits=True)
+    model = timm.create_model('metalayers_googlenet', batchnorm=False, aux_logits=True, num_classes=4).eval()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert [o.shape for o in model(torch.randn(1, 3, 64, 64))] == [(1, 4)] * 3
+
+
+# ------------------------------------------------------------------------------------------------ GoogLeNet aux
+
+def _torchvision_googlenet_outputs(ref: nn.Module, x: torch.Tensor):
+    """torchvision's ``(logits, aux_logits2, aux_logits1)``, in the model's mode (in evaluation torchvision
+    returns the logits alone: the auxiliary classifiers then run on the inception 4a / 4d outputs)."""
+    if ref.training:
+        out = ref(x)
+        assert type(out).__name__ == 'GoogLeNetOutputs'
+        return tuple(out)
+    taps = {}
+    hooks = [ref.inception4a.register_forward_hook(lambda m, i, o: taps.__setitem__('aux1', o)),
+             ref.inception4d.register_forward_hook(lambda m, i, o: taps.__setitem__('aux2', o))]
+    try:
+        logits = ref(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return logits, ref.aux2(taps['aux2']), ref.aux1(taps['aux1'])
+
+
+def _no_dropout(*models: nn.Module) -> None:
+    for model in models:
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+
+
+def test_googlenet_aux_logits_parity_with_torchvision(twins):
+    """aux_logits=True: the main and both auxiliary logits equal torchvision's through the filter, in
+    evaluation and in training (dropout off, batch statistics), in torchvision's order."""
+    ref, path = twins('metalayers_googlenet')
+    ours = _ours('metalayers_googlenet', path, aux_logits=True).eval()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected, got = _torchvision_googlenet_outputs(ref.eval(), x), ours(x)
+    assert len(got) == 3
+    for a, b in zip(got, expected):
+        assert b.abs().max() > 0.1 and (a - b).abs().max().item() <= 1e-4
+    train_ref, train_ours = copy.deepcopy(ref).train(), copy.deepcopy(ours).train()
+    _no_dropout(train_ref, train_ours)
+    with torch.no_grad():
+        expected, got = _torchvision_googlenet_outputs(train_ref, x), train_ours(x)
+    assert len(got) == 3
+    for a, b in zip(got, expected):
+        assert (a - b).abs().max().item() <= 1e-4
+
+
+def test_googlenet_aux_load_weights_and_keys(twins):
+    """load_weights takes torchvision's state dict with its auxiliary classifiers; the keys without them are
+    those of the model without aux_logits, in the same order."""
+    ref, _ = twins('metalayers_googlenet')
+    model = load_weights(timm.create_model('metalayers_googlenet', aux_logits=True), ref.state_dict()).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        for a, b in zip(model(x), _torchvision_googlenet_outputs(ref.eval(), x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    torch.testing.assert_close(model.aux_head1.hidden.weight, ref.aux1.fc1.weight)
+    torch.testing.assert_close(model.aux_head2.conv0[0].weight, ref.aux2.conv.conv.weight)
+    keys = list(model.state_dict())
+    plain = list(timm.create_model('metalayers_googlenet', device='meta').state_dict())
+    assert [k for k in keys if not k.startswith(('aux_head1.', 'aux_head2.'))] == plain
+    assert {k.split('.', 1)[1] for k in keys if k.startswith('aux_head1.')} == {
+        'conv0.0.weight', 'conv0.1.weight', 'conv0.1.bias', 'conv0.1.running_mean', 'conv0.1.running_var',
+        'conv0.1.num_batches_tracked', 'hidden.weight', 'hidden.bias', 'fc.weight', 'fc.bias'}
+    load_weights(timm.create_model('metalayers_googlenet', aux_logits=True), model.state_dict())  # ours unchanged
+
+
+def test_googlenet_aux_heads_kept_when_checkpoint_has_none(twins):
+    """A checkpoint without auxiliary classifiers (or with them for other classes) leaves the model's own."""
+    ref, path = twins('metalayers_googlenet')
+    model = timm.create_model('metalayers_googlenet', aux_logits=True, num_classes=10)
+    own = {k: v.clone() for k, v in model.state_dict().items() if k.startswith('aux_head')}
+    no_aux = {k: v for k, v in ref.state_dict().items() if not k.startswith(('aux1.', 'aux2.'))}
+    mapped = googlenet_module.checkpoint_filter_fn(no_aux, model)
+    assert set(mapped) == set(model.state_dict())
+    assert all(torch.equal(mapped[k], v) for k, v in own.items())
+    state = ref.state_dict()
+    mapped = googlenet_module.checkpoint_filter_fn(state, model)
+    assert mapped['aux_head1.fc.weight'].shape == (10, 1024)  # its own (the checkpoint's is for 1000)
+    assert mapped['aux_head1.hidden.weight'] is state['aux1.fc1.weight']
+    loaded = _ours('metalayers_googlenet', path, aux_logits=True, num_classes=10).eval()
+    assert [o.shape for o in loaded(torch.randn(1, 3, 64, 64))] == [(1, 10)] * 3
+
+
+def test_googlenet_aux_wiring():
+    model = timm.create_model('metalayers_googlenet', aux_logits=True, num_classes=12).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert [o.shape for o in model(x)] == [(2, 12)] * 3
+    model.reset_classifier(3)
+    assert [o.shape for o in model(x)] == [(2, 3)] * 3
+    model.reset_classifier(0)
+    assert [o.shape for o in model(x)] == [(2, 1024)] * 3  # the pre-logits features of each classifier
+    model.set_grad_checkpointing()
+    model.train()
+    outs = model(x)
+    sum(o.sum() for o in outs).backward()
+    assert model.aux_head1.conv0[0].weight.grad is not None and model.stages[0][0][0].weight.grad is not None
+    plain = timm.create_model('metalayers_googlenet', device='meta')
+    assert plain.aux_head1 is None and plain.aux_head2 is None
+    model.prune_intermediate_layers([2])
+    assert model.aux_head1 is None and not model.aux_logits and model(x).shape == (2, 480, 8, 8)
+    with pytest.raises(ValueError, match='aux_logits'):
+        timm.create_model('metalayers_googlenet', aux_logits=True, features_only=True)
+    with pytest.raises(ValueError, match='aux_logits=True: InceptionV4 has no auxiliary classifier'):
+        timm.create_model('metalayers_inception_v4', aux_logits=True, device='meta')
 
 
 def test_squeezenet_custom_config_and_errors():

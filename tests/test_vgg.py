@@ -5,10 +5,9 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import (assert_adapts_in_chans_and_head, assert_logits_close, assert_meta_mapping,
-                         assert_tags_are_timms, ours_from_file, timm_checkpoint)
+from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_logits_close, assert_twin,
+                         assert_meta_mapping, assert_tags_are_timms, ours_from_file, timm_checkpoint)
 from timm_metalayers.models.vgg import ConvMlp, checkpoint_filter_fn, vgg
-from timm_metalayers.state_dict import CheckpointMismatchError
 
 ARCHS = [f'vgg{d}{bn}' for d in (11, 13, 16, 19) for bn in ('', '_bn')]
 SLIM = dict(mlp_ratio=1 / 64)  # timm's argument: a 64-wide 7x7 pre-logits conv keeps the test files small
@@ -16,10 +15,8 @@ SLIM = dict(mlp_ratio=1 / 64)  # timm's argument: a 64-wide 7x7 pre-logits conv 
 
 def test_parity_full_size_pre_logits(tmp_path):
     ref, path = timm_checkpoint('vgg11_bn', tmp_path)
-    ours = ours_from_file('vgg11_bn', path)
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert_logits_close(ours, ref, (64, 64))
-    assert_logits_close(ours, ref, (256, 256), batch=1)  # an 8x8 map: the 7x7 conv slides, then the pool
+    # at 256: an 8x8 map, the 7x7 conv slides, then the pool
+    assert_twin('vgg11_bn', ref, path, (64, 64), (256, 256))
 
 
 @pytest.mark.parametrize('arch', ARCHS)
@@ -54,19 +51,10 @@ def test_pretrained_adapts_in_chans_head_and_features(tmp_path):
 
 
 def test_filter_names_broken_keys():
-    model = timm.create_model('metalayers_vgg11_bn', device='meta')
-    sd = timm.create_model('vgg11_bn', device='meta').state_dict()
-    missing = {k: v for k, v in sd.items() if k != 'features.5.running_mean'}
-    with pytest.raises(CheckpointMismatchError, match=r'stage2\.1\.running_mean'):
-        checkpoint_filter_fn(missing, model)
-    missing = {k: v for k, v in sd.items() if k != 'pre_logits.fc2.bias'}
-    with pytest.raises(CheckpointMismatchError, match=r'pre_logits\.fc2\.0\.bias'):
-        checkpoint_filter_fn(missing, model)
-    extra = dict(sd, **{'features.99.weight': torch.zeros(1, device='meta')})
-    with pytest.raises(CheckpointMismatchError, match=r'features\.99\.weight'):
-        checkpoint_filter_fn(extra, model)
-    ours = model.state_dict()
-    assert list(checkpoint_filter_fn(ours, model)) == list(ours)
+    assert_filter_rejects(checkpoint_filter_fn, timm.create_model('metalayers_vgg11_bn', device='meta'),
+                          timm.create_model('vgg11_bn', device='meta').state_dict(),
+                          missing=['features.5.running_mean', 'pre_logits.fc2.bias'], extra=['features.99.weight'],
+                          names=[r'stage2\.1\.running_mean', r'pre_logits\.fc2\.0\.bias', r'features\.99\.weight'])
 
 
 def test_head_semantics_as_timms_vgg():

@@ -9,6 +9,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
 from random_weights import randomize_weights
+from twin_checks import assert_adapts_in_chans_and_head
 from twins import assert_full_mapping
 from timm_metalayers.layers import LayerScale, StochasticDepth, linear_scheduler
 from timm_metalayers.state_dict import CheckpointMismatchError
@@ -105,15 +106,7 @@ def test_parity_mean_pooling_and_fc_norm(tmp_path):
 def test_parity_in_chans_and_num_classes(tiny_ckpt):
     """timm adapts the pretrained patch projection to in_chans and drops the classifier for other num_classes."""
     _, path = tiny_ckpt
-    kwargs = dict(in_chans=1, num_classes=7, pretrained=True, pretrained_cfg_overlay=dict(file=path))
-    ref = timm.create_model(TINY, **kwargs).eval()
-    ours = timm.create_model(f'metalayers_{TINY}', **kwargs).eval()
-    torch.testing.assert_close(ours.patch_embed.proj.weight, ref.patch_embed.proj.weight)
-    x = torch.randn(1, 1, 224, 224)
-    with torch.no_grad():
-        assert _max_diff(ours.forward_head(ours.forward_features(x), pre_logits=True),
-                         ref.forward_head(ref.forward_features(x), pre_logits=True)) <= 1e-4
-    assert ours(x).shape == (1, 7)
+    assert_adapts_in_chans_and_head(TINY, path, size=224)
 
 
 def test_forward_intermediates_match_timm(tiny_ckpt):

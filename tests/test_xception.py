@@ -4,10 +4,9 @@ import timm
 import torch
 from torch import nn
 
-from twin_checks import (assert_adapts_in_chans_and_head, assert_logits_close, assert_tags_are_timms, ours_from_file,
+from twin_checks import (assert_adapts_in_chans_and_head, assert_filter_rejects, assert_tags_are_timms, assert_twin,
                          timm_checkpoint)
 from timm_metalayers.models.xception import XceptionBlock, checkpoint_filter_fn, xception, xception_block
-from timm_metalayers.state_dict import CheckpointMismatchError
 
 
 @pytest.fixture(scope='module')
@@ -17,10 +16,7 @@ def xception_file(tmp_path_factory):
 
 def test_parity_with_timm_through_filter(xception_file):
     ref, path = xception_file
-    ours = ours_from_file('legacy_xception', path)
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert_logits_close(ours, ref, (64, 64))
-    assert_logits_close(ours, ref, (80, 72), batch=1)
+    assert_twin('legacy_xception', ref, path, (64, 64), (80, 72))
 
 
 def test_pretrained_tags_are_timms():
@@ -36,19 +32,11 @@ def test_pretrained_adapts_in_chans_and_head(xception_file):
 
 def test_filter_names_broken_keys(xception_file):
     ref, _ = xception_file
-    model = timm.create_model('metalayers_legacy_xception')
-    sd = ref.state_dict()
-    missing = {k: v for k, v in sd.items() if k != 'block1.rep.4.running_var'}
-    with pytest.raises(CheckpointMismatchError, match=r'entry_flow\.0\.rep\.6\.running_var'):
-        checkpoint_filter_fn(missing, model)
-    missing = {k: v for k, v in sd.items() if k != 'block5.rep.4.pointwise.weight'}
-    with pytest.raises(CheckpointMismatchError, match=r'middle_flow\.1\.rep\.6\.weight'):
-        checkpoint_filter_fn(missing, model)
-    extra = dict(sd, **{'block13.skip.weight': torch.zeros(1)})
-    with pytest.raises(CheckpointMismatchError, match=r'block13\.skip\.weight'):
-        checkpoint_filter_fn(extra, model)
-    ours = model.state_dict()
-    assert list(checkpoint_filter_fn(ours, model)) == list(ours)
+    assert_filter_rejects(checkpoint_filter_fn, timm.create_model('metalayers_legacy_xception'), ref.state_dict(),
+                          missing=['block1.rep.4.running_var', 'block5.rep.4.pointwise.weight'],
+                          extra=['block13.skip.weight'],
+                          names=[r'entry_flow\.0\.rep\.6\.running_var', r'middle_flow\.1\.rep\.6\.weight',
+                                 r'block13\.skip\.weight'])
 
 
 def test_flows_and_features(xception_file):
@@ -66,6 +54,28 @@ def test_flows_and_features(xception_file):
         torch.testing.assert_close(torch.relu(ours), tap, rtol=1e-4, atol=1e-4 * max(1.0, tap.abs().max().item()))
     full = timm.create_model('metalayers_legacy_xception')
     assert len(full.entry_flow) == 3 and len(full.middle_flow) == 8 and len(full.exit_flow) == 3
+
+
+def test_group_matcher_groups_per_block_as_timms():
+    """One group per block, as timm's legacy_xception: every timm parameter and its equivalent here (through the
+    filter's names) fall in the same group, and timm's layer-wise LR decay gives both models the same scales."""
+    from timm.models import group_parameters
+    from timm.optim import create_optimizer_v2
+    from timm_metalayers.models.xception import _timm_rename
+    ref = timm.create_model('legacy_xception', device='meta')
+    ours = timm.create_model('metalayers_legacy_xception', device='meta')
+    theirs = group_parameters(ref, ref.group_matcher(coarse=False), reverse=True)
+    mine = group_parameters(ours, ours.group_matcher(coarse=False), reverse=True)
+    assert len(set(mine.values())) == len(set(theirs.values())) == 15  # stem, 12 blocks, exit convs, head
+    assert {_timm_rename(name): group for name, group in theirs.items()} == mine
+    assert len(group_parameters(ours, ours.group_matcher(coarse=True))) == 5  # stem, three flows, head
+
+    def scales(model):
+        optimizer = create_optimizer_v2(model, 'sgd', lr=1.0, layer_decay=0.5)
+        return sorted((round(g['lr_scale'], 8), sum(p.numel() for p in g['params'])) for g in optimizer.param_groups)
+    assert scales(timm.create_model('metalayers_legacy_xception')) == scales(timm.create_model('legacy_xception'))
+    shallow = xception(middle_repeats=2)  # the groups follow the model's own blocks
+    assert len(group_parameters(shallow, shallow.group_matcher())) == 9
 
 
 def test_xception_block_skip_and_first_activation():

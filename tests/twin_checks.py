@@ -1,7 +1,9 @@
 """Shared checks of a twin family against timm: a random timm checkpoint written as safetensors, our model
 loaded from it through timm's factory, and the full key/shape mapping of big variants on the meta device."""
-from typing import Callable, Dict, Tuple
+import re
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
+import pytest
 import timm
 import torch
 from safetensors.torch import save_file
@@ -9,6 +11,7 @@ from torch import nn
 
 import timm_metalayers  # noqa: F401  (registers the models)
 from random_weights import randomize_weights
+from timm_metalayers.state_dict import CheckpointMismatchError
 
 
 def timm_checkpoint(arch: str, directory, gain: float = 2.0, **kwargs) -> Tuple[nn.Module, str]:
@@ -36,6 +39,16 @@ def assert_logits_close(ours: nn.Module, ref: nn.Module, size: Tuple[int, int], 
         torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True),
                                    ref.forward_head(ref.forward_features(x), pre_logits=True),
                                    rtol=1e-4, atol=1e-4 * scale)
+
+
+def assert_twin(arch: str, ref: nn.Module, path: str, *sizes: Tuple[int, int]) -> nn.Module:
+    """Our twin of ``arch`` loaded from ``path`` (``ref``'s weights) has ``ref``'s parameter count and its logits at
+    each of ``sizes`` (a batch of 2 at the first, 1 at the others); returns our model."""
+    ours = ours_from_file(arch, path)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    for i, size in enumerate(sizes):
+        assert_logits_close(ours, ref, size, batch=1 if i else 2)
+    return ours
 
 
 def assert_meta_mapping(arch: str, checkpoint_filter_fn: Callable) -> Dict[str, torch.Tensor]:
@@ -81,3 +94,34 @@ def assert_adapts_in_chans_and_head(arch: str, path: str, size: int = 64, **kwar
         torch.testing.assert_close(ours1(x), expected, rtol=1e-4, atol=1e-4 * max(1.0, expected.abs().max().item()))
         assert timm.create_model(f'metalayers_{arch}', num_classes=5, **kw).eval()(x).shape == (1, 5)
     return ours1
+
+
+def assert_create_model_refuses(model_name: str, state_dict: Dict[str, torch.Tensor], directory, *,
+                                 drop_prefix: str, match: str) -> None:
+    """``state_dict`` without the keys under ``drop_prefix``, saved as a file and loaded through timm's
+    ``create_model`` as a user loads weights, is a ``CheckpointMismatchError`` matching ``match``, not a half-loaded
+    model."""
+    path = str(directory / 'broken.safetensors')
+    save_file({k: v.contiguous() for k, v in state_dict.items() if not k.startswith(drop_prefix)}, path)
+    with pytest.raises(CheckpointMismatchError, match=match):
+        timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=path))
+
+
+def assert_filter_rejects(checkpoint_filter_fn: Callable, model: nn.Module, state_dict: Dict[str, torch.Tensor], *,
+                          missing: Iterable[str] = (), extra: Iterable[str] = (),
+                          wrong: Optional[Dict[str, Sequence[int]]] = None, names: Iterable[str] = ()) -> None:
+    """The filter refuses ``state_dict`` broken three ways (the keys ``missing`` left out, the keys ``extra`` added,
+    the keys of ``wrong`` given those shapes) with one ``CheckpointMismatchError`` in which each of ``names`` (a regex:
+    our key a missing or mis-shaped one maps to, the extra key itself) is found; and it loads the model's own state
+    dict unchanged."""
+    device = next(iter(state_dict.values())).device
+    missing = set(missing)
+    broken = {k: v for k, v in state_dict.items() if k not in missing}
+    broken.update({k: torch.zeros(1, device=device) for k in extra})
+    broken.update({k: torch.zeros(tuple(shape), device=device) for k, shape in (wrong or {}).items()})
+    with pytest.raises(CheckpointMismatchError) as err:
+        checkpoint_filter_fn(broken, model)
+    for name in names:
+        assert re.search(name, str(err.value)), (name, str(err.value))
+    own = model.state_dict()
+    assert list(checkpoint_filter_fn(own, model)) == list(own)

@@ -1,7 +1,7 @@
 """Helpers the family parity tests share: timm's model with random weights saved as safetensors, ours
 loaded from that file through ``pretrained=True``, and the full key mapping on the meta device."""
 import importlib
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Tuple
 
 import pytest
 import timm
@@ -10,7 +10,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from random_weights import randomize_weights
-from timm_metalayers.state_dict import CheckpointMismatchError
 
 
 def smallest_per_family(names: Sequence[str]) -> list:
@@ -83,14 +82,3 @@ def assert_same_outputs(ours: nn.Module, ref: nn.Module, x: torch.Tensor, tol: f
         assert max_diff(ours(x), ref(x)) <= tol
         assert max_diff(ours.forward_head(ours.forward_features(x), pre_logits=True),
                         ref.forward_head(ref.forward_features(x), pre_logits=True)) <= tol
-
-
-def assert_filter_names_broken_keys(checkpoint_filter_fn: Callable, state_dict: Dict[str, torch.Tensor],
-                                    model: nn.Module, names: Sequence[str]) -> None:
-    """The filter refuses the broken ``state_dict`` with an error naming each of ``names``, and loads the
-    model's own state dict unchanged."""
-    with pytest.raises(CheckpointMismatchError) as err:
-        checkpoint_filter_fn(state_dict, model)
-    for name in names:
-        assert name in str(err.value)
-    assert checkpoint_filter_fn(model.state_dict(), model).keys() == model.state_dict().keys()

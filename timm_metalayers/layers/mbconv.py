@@ -1,6 +1,6 @@
 """Mobile blocks: ``dwsep_conv_norm`` (depthwise-separable conv), ``mbconv`` (the inverted residual) and
 ``fused_mbconv`` (EfficientNetV2's fused inverted residual), all composed from ``conv_norm``."""
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -101,92 +101,6 @@ class MBConv(nn.Module):
         return f'has_skip={self.has_skip}'
 
 
-def mbconv(
-        kernel_size: Union[int, Tuple[int, int]],
-        inplanes: int,
-        explanes: int,
-        outplanes: int,
-        activation: ActivationArg = 'relu',
-        *,
-        stride: int = 1,
-        reduction: Optional[float] = None,
-        se_kwargs: Optional[Dict[str, Any]] = None,
-        norm_layer: NormArg = nn.BatchNorm2d,
-        pad: PadArg = 'symmetric',
-        dilation: int = 1,
-        drop_path_prob: Optional[float] = None,
-        no_skip: bool = False,
-) -> MBConv:
-    """The inverted residual block of MobileNetV2/V3 and EfficientNet ("MBConv"), from ``conv_norm``.
-
-    ``expand``: 1x1 ``conv_norm`` ``inplanes → explanes`` with ``activation`` (left out when
-    ``explanes == inplanes``, which makes the block a depthwise-separable conv, as MobileNetV3's first block);
-    ``dw``: ``kernel_size`` depthwise ``conv_norm`` on ``explanes`` with ``stride`` and ``activation``;
-    ``se``: ``squeeze_excite(explanes, reduction)`` when ``reduction`` is given;
-    ``project``: 1x1 ``conv_norm`` ``explanes → outplanes`` without activation (a linear bottleneck).
-    With ``stride == 1`` and ``inplanes == outplanes`` the input is added back, the branch going through
-    ``StochasticDepth(drop_path_prob)`` first (the module is there even for p = 0, so names never
-    depend on the drop rate).
-
-    Args:
-        kernel_size: depthwise kernel size (an int or ``(kh, kw)``).
-        inplanes: number of input feature maps.
-        explanes: number of expanded feature maps (the depthwise width).
-        outplanes: number of output feature maps.
-        activation: activation of the expansion and depthwise convs.
-        stride: stride of the depthwise conv.
-        reduction: squeeze-excite reduction of ``explanes`` (4 in MobileNetV3); None for no SE.
-        se_kwargs: options of ``squeeze_excite``, over ``MBCONV_SE_DEFAULTS``
-            (ReLU squeeze, hard-sigmoid gate, width rounded to a multiple of 8 as timm's MobileNetV3).
-        norm_layer: normalisation layer of every conv (see ``conv_norm``).
-        pad, dilation: of the depthwise conv; ``"symmetric"`` (default, timm's and Flux's ``SamePad``) keeps
-            ``H / stride``; ``"same"`` is TensorFlow's (asymmetric at stride 2, for TF-ported weights).
-        drop_path_prob: stochastic-depth probability of the residual branch; needs a residual.
-        no_skip: never add the input back, even when the shapes allow it.
-
-    Returns:
-        An ``MBConv`` module.
-    """
-    parts = _ResidualParts(inplanes, explanes, outplanes, stride, reduction, se_kwargs, drop_path_prob, no_skip)
-    if explanes != inplanes:
-        expand = nn.Sequential(*conv_norm(1, inplanes, explanes, activation, norm_layer=norm_layer))
-    else:
-        expand = nn.Identity()
-    dw = nn.Sequential(*conv_norm(kernel_size, explanes, explanes, activation, norm_layer=norm_layer,
-                                  stride=stride, pad=pad, dilation=dilation, groups=explanes))
-    project = nn.Sequential(*conv_norm(1, explanes, outplanes, None, norm_layer=norm_layer))
-    return MBConv(expand, dw, parts.se, project, parts.drop_path, parts.has_skip)
-
-
-class _ResidualParts:
-    """What ``mbconv`` and ``fused_mbconv`` share: argument checks, the SE module and the residual's drop path."""
-
-    def __init__(self, inplanes: int, explanes: int, outplanes: int, stride: int, reduction: Optional[float],
-                 se_kwargs: Optional[Dict[str, Any]], drop_path_prob: Optional[float], no_skip: bool,
-                 se_planes: Optional[int] = None):
-        check_positive_int(inplanes, 'inplanes')
-        check_positive_int(explanes, 'explanes')
-        check_positive_int(outplanes, 'outplanes')
-        check_positive_int(stride, 'stride')
-        check_bool(no_skip, 'no_skip')
-        drop_path_prob = check_probability(drop_path_prob, 'drop_path_prob')
-        self.has_skip = stride == 1 and inplanes == outplanes and not no_skip
-        if drop_path_prob and not self.has_skip:
-            raise ValueError(f'drop_path_prob={drop_path_prob} needs a residual connection (stride 1, inplanes == '
-                             f'outplanes, no_skip=False); got stride={stride}, inplanes={inplanes}, '
-                             f'outplanes={outplanes}, no_skip={no_skip}')
-        if se_kwargs is not None and not isinstance(se_kwargs, dict):
-            raise TypeError(f'se_kwargs must be a dict of squeeze_excite options or None, got {se_kwargs!r}')
-        if reduction is not None:
-            se_planes = explanes if se_planes is None else se_planes
-            self.se: nn.Module = squeeze_excite(se_planes, reduction, **{**MBCONV_SE_DEFAULTS, **(se_kwargs or {})})
-        else:
-            if se_kwargs:
-                raise ValueError(f'se_kwargs={se_kwargs!r} given without a reduction: pass reduction= to add the SE')
-            self.se = nn.Identity()
-        self.drop_path: nn.Module = StochasticDepth(drop_path_prob) if self.has_skip else nn.Identity()
-
-
 class FusedMBConv(MBConv):
     """A fused inverted residual block: full kxk conv → [squeeze-excite] → project 1x1 [+ input].
 
@@ -199,60 +113,126 @@ class FusedMBConv(MBConv):
         super().__init__(expand, nn.Identity(), se, project, drop_path, has_skip)
 
 
-def fused_mbconv(
-        kernel_size: Union[int, Tuple[int, int]],
-        inplanes: int,
-        explanes: int,
-        outplanes: int,
-        activation: ActivationArg = 'relu',
-        *,
-        stride: int = 1,
-        reduction: Optional[float] = None,
-        se_kwargs: Optional[Dict[str, Any]] = None,
-        norm_layer: NormArg = nn.BatchNorm2d,
-        pad: PadArg = 'symmetric',
-        dilation: int = 1,
-        drop_path_prob: Optional[float] = None,
-        no_skip: bool = False,
-) -> FusedMBConv:
-    """EfficientNetV2's fused inverted residual ("Fused-MBConv", timm's ``EdgeResidual``), from ``conv_norm``.
+def _inverted_residual(name: str, fused: bool, doc: str) -> Callable[..., MBConv]:
+    """The builder ``mbconv`` (``fused=False``) or ``fused_mbconv`` (True): one signature and one set of argument
+    checks for both blocks, each building its own convs (see their docstrings)."""
 
-    ``expand``: ``kernel_size`` full ``conv_norm`` ``inplanes → explanes`` with ``stride`` and ``activation``
-    (it replaces MBConv's 1x1 expansion and depthwise conv);
-    ``se``: ``squeeze_excite(explanes, reduction)`` when ``reduction`` is given;
-    ``project``: 1x1 ``conv_norm`` ``explanes → outplanes`` without activation.
-    With ``explanes == inplanes`` (expansion 1) the block is a single ``conv_norm`` ``inplanes → outplanes``
-    with ``activation`` and no projection, as Metalhead's ``fused_mbconv`` and timm's ``ConvBnAct`` stage of
-    EfficientNetV2. With ``stride == 1`` and ``inplanes == outplanes`` the input is added back after
-    ``StochasticDepth(drop_path_prob)``, as ``mbconv`` does.
+    def build(
+            kernel_size: Union[int, Tuple[int, int]],
+            inplanes: int,
+            explanes: int,
+            outplanes: int,
+            activation: ActivationArg = 'relu',
+            *,
+            stride: int = 1,
+            reduction: Optional[float] = None,
+            se_kwargs: Optional[Dict[str, Any]] = None,
+            norm_layer: NormArg = nn.BatchNorm2d,
+            pad: PadArg = 'symmetric',
+            dilation: int = 1,
+            drop_path_prob: Optional[float] = None,
+            no_skip: bool = False,
+    ) -> MBConv:
+        check_positive_int(inplanes, 'inplanes')
+        check_positive_int(explanes, 'explanes')
+        check_positive_int(outplanes, 'outplanes')
+        check_positive_int(stride, 'stride')
+        check_bool(no_skip, 'no_skip')
+        drop_path_prob = check_probability(drop_path_prob, 'drop_path_prob')
+        has_skip = stride == 1 and inplanes == outplanes and not no_skip
+        if drop_path_prob and not has_skip:
+            raise ValueError(f'drop_path_prob={drop_path_prob} needs a residual connection (stride 1, inplanes == '
+                             f'outplanes, no_skip=False); got stride={stride}, inplanes={inplanes}, '
+                             f'outplanes={outplanes}, no_skip={no_skip}')
+        if se_kwargs is not None and not isinstance(se_kwargs, dict):
+            raise TypeError(f'se_kwargs must be a dict of squeeze_excite options or None, got {se_kwargs!r}')
+        # the fused conv of the expansion-1 form maps straight to outplanes
+        conv_planes = (outplanes if explanes == inplanes else explanes) if fused else explanes
+        if reduction is not None:
+            se: nn.Module = squeeze_excite(conv_planes, reduction, **{**MBCONV_SE_DEFAULTS, **(se_kwargs or {})})
+        elif se_kwargs:
+            raise ValueError(f'se_kwargs={se_kwargs!r} given without a reduction: pass reduction= to add the SE')
+        else:
+            se = nn.Identity()
+        drop_path: nn.Module = StochasticDepth(drop_path_prob) if has_skip else nn.Identity()
 
-    Args:
-        kernel_size: kernel size of the fused conv (an int or ``(kh, kw)``).
-        inplanes: number of input feature maps.
-        explanes: number of expanded feature maps; ``inplanes`` for the expansion-1 form.
-        outplanes: number of output feature maps.
-        activation: activation of the fused conv.
-        stride: stride of the fused conv.
-        reduction: squeeze-excite reduction of the fused conv's output width; None for no SE.
-        se_kwargs: options of ``squeeze_excite``, over ``MBCONV_SE_DEFAULTS``.
-        norm_layer: normalisation layer of every conv (see ``conv_norm``).
-        pad, dilation: of the fused conv; ``"symmetric"`` (default) keeps ``H / stride``, ``"same"`` is TF's.
-        drop_path_prob: stochastic-depth probability of the residual branch; needs a residual.
-        no_skip: never add the input back, even when the shapes allow it.
+        def conv(k, cin, cout, act, **kwargs) -> nn.Sequential:
+            return nn.Sequential(*conv_norm(k, cin, cout, act, norm_layer=norm_layer, **kwargs))
+        if fused:
+            expand = conv(kernel_size, inplanes, conv_planes, activation, stride=stride, pad=pad, dilation=dilation)
+            project = nn.Identity() if explanes == inplanes else conv(1, explanes, outplanes, None)
+            return FusedMBConv(expand, se, project, drop_path, has_skip)
+        expand = nn.Identity() if explanes == inplanes else conv(1, inplanes, explanes, activation)
+        dw = conv(kernel_size, explanes, explanes, activation, stride=stride, pad=pad, dilation=dilation,
+                  groups=explanes)
+        return MBConv(expand, dw, se, conv(1, explanes, outplanes, None), drop_path, has_skip)
 
-    Returns:
-        A ``FusedMBConv`` module.
-    """
-    fused_planes = outplanes if explanes == inplanes else explanes
-    parts = _ResidualParts(inplanes, explanes, outplanes, stride, reduction, se_kwargs, drop_path_prob, no_skip,
-                           se_planes=fused_planes)
-    expand = nn.Sequential(*conv_norm(kernel_size, inplanes, fused_planes, activation, norm_layer=norm_layer,
-                                      stride=stride, pad=pad, dilation=dilation))
-    if explanes == inplanes:
-        project: nn.Module = nn.Identity()
-    else:
-        project = nn.Sequential(*conv_norm(1, explanes, outplanes, None, norm_layer=norm_layer))
-    return FusedMBConv(expand, parts.se, project, parts.drop_path, parts.has_skip)
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    return build
+
+
+mbconv = _inverted_residual('mbconv', False, """
+The inverted residual block of MobileNetV2/V3 and EfficientNet ("MBConv"), from ``conv_norm``.
+
+``expand``: 1x1 ``conv_norm`` ``inplanes → explanes`` with ``activation`` (left out when
+``explanes == inplanes``, which makes the block a depthwise-separable conv, as MobileNetV3's first block);
+``dw``: ``kernel_size`` depthwise ``conv_norm`` on ``explanes`` with ``stride`` and ``activation``;
+``se``: ``squeeze_excite(explanes, reduction)`` when ``reduction`` is given;
+``project``: 1x1 ``conv_norm`` ``explanes → outplanes`` without activation (a linear bottleneck).
+With ``stride == 1`` and ``inplanes == outplanes`` the input is added back, the branch going through
+``StochasticDepth(drop_path_prob)`` first (the module is there even for p = 0, so names never
+depend on the drop rate).
+
+Args:
+    kernel_size: depthwise kernel size (an int or ``(kh, kw)``).
+    inplanes: number of input feature maps.
+    explanes: number of expanded feature maps (the depthwise width).
+    outplanes: number of output feature maps.
+    activation: activation of the expansion and depthwise convs.
+    stride: stride of the depthwise conv.
+    reduction: squeeze-excite reduction of ``explanes`` (4 in MobileNetV3); None for no SE.
+    se_kwargs: options of ``squeeze_excite``, over ``MBCONV_SE_DEFAULTS``
+        (ReLU squeeze, hard-sigmoid gate, width rounded to a multiple of 8 as timm's MobileNetV3).
+    norm_layer: normalisation layer of every conv (see ``conv_norm``).
+    pad, dilation: of the depthwise conv; ``"symmetric"`` (default, timm's and Flux's ``SamePad``) keeps
+        ``H / stride``; ``"same"`` is TensorFlow's (asymmetric at stride 2, for TF-ported weights).
+    drop_path_prob: stochastic-depth probability of the residual branch; needs a residual.
+    no_skip: never add the input back, even when the shapes allow it.
+
+Returns:
+    An ``MBConv`` module.
+""")
+
+fused_mbconv = _inverted_residual('fused_mbconv', True, """
+EfficientNetV2's fused inverted residual ("Fused-MBConv", timm's ``EdgeResidual``), from ``conv_norm``.
+
+``expand``: ``kernel_size`` full ``conv_norm`` ``inplanes → explanes`` with ``stride`` and ``activation``
+(it replaces MBConv's 1x1 expansion and depthwise conv);
+``se``: ``squeeze_excite(explanes, reduction)`` when ``reduction`` is given;
+``project``: 1x1 ``conv_norm`` ``explanes → outplanes`` without activation.
+With ``explanes == inplanes`` (expansion 1) the block is a single ``conv_norm`` ``inplanes → outplanes``
+with ``activation`` and no projection, as Metalhead's ``fused_mbconv`` and timm's ``ConvBnAct`` stage of
+EfficientNetV2. With ``stride == 1`` and ``inplanes == outplanes`` the input is added back after
+``StochasticDepth(drop_path_prob)``, as ``mbconv`` does.
+
+Args:
+    kernel_size: kernel size of the fused conv (an int or ``(kh, kw)``).
+    inplanes: number of input feature maps.
+    explanes: number of expanded feature maps; ``inplanes`` for the expansion-1 form.
+    outplanes: number of output feature maps.
+    activation: activation of the fused conv.
+    stride: stride of the fused conv.
+    reduction: squeeze-excite reduction of the fused conv's output width; None for no SE.
+    se_kwargs: options of ``squeeze_excite``, over ``MBCONV_SE_DEFAULTS``.
+    norm_layer: normalisation layer of every conv (see ``conv_norm``).
+    pad, dilation: of the fused conv; ``"symmetric"`` (default) keeps ``H / stride``, ``"same"`` is TF's.
+    drop_path_prob: stochastic-depth probability of the residual branch; needs a residual.
+    no_skip: never add the input back, even when the shapes allow it.
+
+Returns:
+    A ``FusedMBConv`` module.
+""")
 
 
 __all__ = ['dwsep_conv_norm', 'mbconv', 'MBConv', 'fused_mbconv', 'FusedMBConv', 'MBCONV_SE_DEFAULTS']

@@ -5,7 +5,8 @@ A family builds its modules and declares its layout; ``TimmModel`` does the rest
 - the **trunk** is the model's child modules in the order they were registered, except the head (and any
   names in ``not_trunk``); ``forward_features`` runs them in that order;
 - ``feature_info`` names the modules whose outputs are the features (``"layer2"``, ``"stages.3"``,
-  ``"blocks.7"``): a child of the model or a child of one of its children;
+  ``"blocks.7"``): a child of the model, or a module inside plain ``nn.Sequential`` children (which then run
+  child by child);
 - ``head`` is the ``ClassifierHead`` that ``create_classifier`` returns; an optional ``pre_logits`` module
   (VGG's conv MLP, which runs on the unpooled map) sits between the trunk and the head: ``forward_head``
   runs it first, ``pre_logits=True`` keeps it (timm's semantics), and pruning the head removes it;
@@ -17,20 +18,24 @@ A family builds its modules and declares its layout; ``TimmModel`` does the rest
 
 From that come ``forward_features``, ``forward_head``, ``forward_intermediates``,
 ``prune_intermediate_layers``, ``set_grad_checkpointing``, ``group_matcher``, ``get_classifier``,
-``reset_classifier`` and ``no_weight_decay``, with timm's semantics and one set of errors.
+``reset_classifier`` and ``no_weight_decay``, with timm's semantics and one set of errors. timm's arguments that
+every family takes are checked once (``ModelArgs``), and ``attach_head`` ends a family's constructor (head, model
+API, weight initialisation).
 """
+import re
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Set, Tuple, Union
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
 from timm.models import checkpoint
 from timm.models._features import feature_take_indices
 
-from ..layers.classifier import ClassifierHead
-from ..layers._factory import check_positive_int
+from ..layers.classifier import ClassifierHead, create_classifier
+from ..layers._factory import check_positive_int, check_probability
 
-__all__ = ['TimmModel', 'device_context', 'tokens_to_map']
+__all__ = ['TimmModel', 'ModelArgs', 'NumberedBlocks', 'device_context', 'tokens_to_map']
 
 Step = Tuple[str, Callable[[torch.Tensor], torch.Tensor]]
 Indices = Optional[Union[int, List[int]]]
@@ -46,13 +51,79 @@ def tokens_to_map(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     return tokens.reshape(tokens.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
 
 
+@dataclass
+class ModelArgs:
+    """timm's arguments that every family takes, checked once: ``num_classes`` (0: no output layer, the model
+    returns its pre-logits features), ``in_chans``, ``global_pool`` (the head's pool: a timm pool name, a module or
+    ``''``), ``drop_rate`` (the head's dropout; None is 0) and ``device`` / ``dtype`` (where and in which dtype the
+    parameters are created)."""
+    num_classes: int = 1000
+    in_chans: int = 3
+    global_pool: Any = 'avg'
+    drop_rate: Optional[float] = 0.0
+    device: Union[str, torch.device, None] = None
+    dtype: Optional[torch.dtype] = None
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.num_classes, 'num_classes', allow_zero=True)
+        check_positive_int(self.in_chans, 'in_chans')
+        self.drop_rate = check_probability(self.drop_rate, 'drop_rate') or 0.0
+
+    @classmethod
+    def take(cls, owner: str, kwargs: Dict[str, Any], **defaults: Any) -> 'ModelArgs':
+        """The arguments in ``kwargs`` (a family's ``**timm_args``) over the family's ``defaults``; any other
+        keyword is the ``TypeError`` Python gives ``owner``."""
+        unknown = [k for k in kwargs if k not in {f.name for f in fields(cls)}]
+        if unknown:
+            raise TypeError(f'{owner}() got an unexpected keyword argument {unknown[0]!r}')
+        return cls(**{**defaults, **kwargs})
+
+    def device_context(self) -> ContextManager:
+        return device_context(self.device)
+
+
+def _split(path: str, module: nn.Module, paths: Set[str]) -> List[Step]:
+    """``module`` as one step, or as its children's steps where one of ``paths`` lies inside it (a plain
+    ``nn.Sequential``: running its children one after another is running it)."""
+    if not any(p.startswith(path + '.') for p in paths):
+        return [(path, module)]
+    if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
+        raise ValueError(f'{path} ({type(module).__name__}) holds a feature or tap inside it, so it must be a plain '
+                         'nn.Sequential to run child by child')
+    return [step for name, child in module.named_children() for step in _split(f'{path}.{name}', child, paths)]
+
+
+class NumberedBlocks:
+    r"""A ``block_pattern`` for blocks held in several containers, numbered one after another in forward order
+    (timm's Xception numbers ``block1`` ... ``block12`` across its entry, middle and exit flows).
+
+    Each entry is one parameter group, or several: ``'middle_flow.*'`` gives one group per child of
+    ``middle_flow`` (those the built model has), any other entry is a regex of module paths that forms one group
+    (``r'exit_flow\.[12]'``). ``patterns(model)`` gives timm's ``[(regex, (ordinal,)), ...]`` form.
+    """
+
+    def __init__(self, *entries: str):
+        self.entries = entries
+
+    def patterns(self, model: nn.Module) -> List[Tuple[str, Tuple[int]]]:
+        paths: List[str] = []
+        for entry in self.entries:
+            if entry.endswith('.*'):
+                container = entry[:-2]
+                paths += [re.escape(f'{container}.{child}') for child in model.get_submodule(container)._modules]
+            else:
+                paths.append(entry)
+        return [(rf'^{path}\.', (i,)) for i, path in enumerate(paths)]
+
+
 class TimmModel(nn.Module):
     """timm's model API over a declared layout (see the module docstring).
 
-    A family's ``__init__`` registers its trunk modules in forward order, then ``head``, then calls
-    ``init_model_api``. Class attributes a family may set: ``output_fmts`` (the layouts its intermediates can
+    A family's ``__init__`` registers its trunk modules in forward order, then calls ``attach_head`` (or registers
+    ``head`` and calls ``init_model_api`` itself). Class attributes a family may set: ``output_fmts`` (the layouts its intermediates can
     take), ``final_norm``, ``final_conv``, ``stem_pattern, ``block_pattern`` / ``block_pattern_coarse`` (for
-    ``group_matcher``) and ``no_decay`` (parameter names exempt from weight decay).
+    ``group_matcher``: timm's regex forms, or ``NumberedBlocks``) and ``no_decay`` (parameter names exempt from
+    weight decay).
     """
     output_fmts: Tuple[str, ...] = ('NCHW', 'NHWC')
     final_norm: str = ''
@@ -82,6 +153,25 @@ class TimmModel(nn.Module):
         if unknown:
             raise ValueError(f'{type(self).__name__}.feature_info names modules outside the trunk: {unknown}')
 
+    def attach_head(self, num_features: int, feature_info: List[Dict[str, Any]], args: ModelArgs, *,
+                    head: Optional[ClassifierHead] = None, head_planes: Optional[int] = None,
+                    not_trunk: Sequence[str] = ()) -> None:
+        """The end of a family's ``__init__`` once its trunk modules are registered: the ``head`` (by default
+        ``create_classifier``'s plain form, pool → dropout → ``fc`` with ``args``' pool, dropout and classes, on
+        ``head_planes`` features, ``num_features`` unless given), the model API (``init_model_api``) and the
+        family's ``init_weights``. Call it in ``args.device_context()``."""
+        if head is None:
+            head = create_classifier(head_planes or num_features, args.num_classes, pool_layer=args.global_pool,
+                                     dropout_prob=args.drop_rate or None)
+        self.head = head
+        self.init_model_api(num_classes=args.num_classes, in_chans=args.in_chans, drop_rate=args.drop_rate,
+                            num_features=num_features, feature_info=feature_info, not_trunk=not_trunk)
+        self.init_weights()
+
+    @torch.jit.ignore
+    def init_weights(self) -> None:
+        """The family's initialisation; PyTorch's defaults unless the family overrides it."""
+
     def finish_init(self, dtype: Optional[torch.dtype]) -> None:
         """Convert to ``dtype`` (timm passes ``dtype=``) once the weights are initialised."""
         if dtype is not None:
@@ -89,18 +179,14 @@ class TimmModel(nn.Module):
 
     # -- the trunk ----------------------------------------------------------------------------------
     @torch.jit.ignore
-    def _steps(self) -> List[Step]:
-        """The trunk as (path, module) steps: each child, split into its own children where a feature lies
-        inside it (``stages`` → ``stages.0``, ``stages.1``, ...)."""
-        feature_paths = {f['module'] for f in self.feature_info}
+    def _steps(self, taps: Iterable[str] = ()) -> List[Step]:
+        """The trunk as (path, module) steps: each child, split into its own children (and theirs, as deep as
+        needed) where a feature or one of ``taps`` lies inside it (``stages`` → ``stages.0``, ``stages.1``, ...)."""
+        paths = {f['module'] for f in self.feature_info}.union(taps)
         steps: List[Step] = []
         for name, child in self.named_children():
-            if name in self.not_trunk:
-                continue
-            if any(path.startswith(name + '.') for path in feature_paths):
-                steps.extend((f'{name}.{sub}', module) for sub, module in child.named_children())
-            else:
-                steps.append((name, child))
+            if name not in self.not_trunk:
+                steps.extend(_split(name, child, paths))
         return steps
 
     @torch.jit.ignore
@@ -264,6 +350,8 @@ class TimmModel(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups for timm's layer-wise learning-rate decay: the stem, then block by block."""
         blocks = self.block_pattern_coarse if coarse and self.block_pattern_coarse else self.block_pattern
+        if isinstance(blocks, NumberedBlocks):
+            blocks = blocks.patterns(self)
         return dict(stem=self.stem_pattern, blocks=blocks)
 
     @torch.jit.ignore

@@ -14,6 +14,18 @@ from ..state_dict import CheckpointMismatchError, check_state_dict, record_check
 Renamer = Callable[[str], Optional[str]]
 
 
+def unwrap_state_dict(state_dict: Mapping) -> Mapping:
+    """The state dict inside a training checkpoint (``{'state_dict': ...}`` or ``{'model': ...}``), or
+    ``state_dict`` itself; anything but a mapping is a ``CheckpointMismatchError``."""
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointMismatchError(f'expected a state dict, got {type(state_dict).__name__}')
+    if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
+        state_dict = state_dict['state_dict']
+    if 'model' in state_dict and isinstance(state_dict['model'], dict):
+        state_dict = state_dict['model']
+    return state_dict
+
+
 def remap_checkpoint(
         state_dict: Dict[str, torch.Tensor],
         model: nn.Module,
@@ -29,12 +41,7 @@ def remap_checkpoint(
     both named by ``model.pretrained_cfg``. ``reshape(new_key, tensor, target)`` may convert a tensor
     (e.g. a 1x1 conv weight to a Linear weight). Raises ``CheckpointMismatchError`` naming the keys.
     """
-    if not isinstance(state_dict, Mapping):
-        raise CheckpointMismatchError(f'expected a state dict, got {type(state_dict).__name__}')
-    if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
-        state_dict = state_dict['state_dict']
-    if 'model' in state_dict and isinstance(state_dict['model'], dict):
-        state_dict = state_dict['model']
+    state_dict = unwrap_state_dict(state_dict)
     target = model.state_dict()
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     classifier = cfg.get('classifier') or ()

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from timm.layers import make_divisible
 
-from ..layers import conv_norm, create_classifier, dwsep_conv_norm, fused_mbconv, linear_scheduler, mbconv
+from ..layers import conv_norm, dwsep_conv_norm, fused_mbconv, linear_scheduler, mbconv
 from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_probability
 from ..layers.conv import PadArg
 from ..layers.mbconv import FusedMBConv, MBConv
-from ._base import TimmModel, device_context
+from ._base import ModelArgs, TimmModel
 
 __all__ = ['InvResNet', 'invresmodel', 'scale_depths', 'stage_feature_info', 'invres_renamer',
            'init_invres_weights']
@@ -44,17 +44,12 @@ class InvResNet(TimmModel):
     final_conv = 'head_conv'
 
     def __init__(self, stem: nn.Sequential, stages: nn.Sequential, head_conv: nn.Module,
-                 feature_info: List[Dict[str, Any]], *, num_features: int, num_classes: int = 1000,
-                 in_chans: int = 3, global_pool: Union[str, nn.Module, None] = 'avg', drop_rate: float = 0.):
+                 feature_info: List[Dict[str, Any]], args: ModelArgs, *, num_features: int):
         super().__init__()
         self.stem = stem
         self.stages = stages
         self.head_conv = head_conv
-        self.head = create_classifier(num_features, num_classes, pool_layer=global_pool,
-                                      dropout_prob=drop_rate or None)
-        self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-                            num_features=num_features, feature_info=feature_info)
-        self.init_weights()
+        self.attach_head(num_features, feature_info, args)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
@@ -191,16 +186,15 @@ def invresmodel(
         check_positive_int(head_planes, 'head_planes')
     if pad not in ('symmetric', 'same'):
         raise ValueError(f'pad must be "symmetric" or "same", got {pad!r}')
-    drop_rate = check_probability(drop_rate, 'drop_rate', allow_none=False)
     drop_path_rate = check_probability(drop_path_rate, 'drop_path_rate', allow_none=False)
-    check_positive_int(in_chans, 'in_chans')
-    check_positive_int(num_classes, 'num_classes', allow_zero=True)
+    args = ModelArgs(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                     device=device, dtype=dtype)
 
     def width(planes: int) -> int:
         return make_divisible(planes * width_mult, 8, round_limit=round_limit)
 
     schedule = iter(linear_scheduler(drop_path_rate, depth=sum(repeats)))
-    with device_context(device):
+    with args.device_context():
         stem_out = stem_planes if fix_stem else width(stem_planes)
         stem = nn.Sequential(*conv_norm(3, in_chans, stem_out, act_layer, norm_layer=norm_layer, stride=2,
                                         pad=1 if pad == 'symmetric' else pad))
@@ -218,9 +212,9 @@ def invresmodel(
         else:
             head_conv = nn.Identity()
         feature_info = stage_feature_info(stem_out, [width(row[2]) for row in rows], [row[4] for row in rows])
-        model = InvResNet(stem, nn.Sequential(*stages), head_conv, feature_info, num_features=head_planes or inplanes,
-                          num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate)
-    model.finish_init(dtype)
+        model = InvResNet(stem, nn.Sequential(*stages), head_conv, feature_info, args,
+                          num_features=head_planes or inplanes)
+    model.finish_init(args.dtype)
     return model
 
 

@@ -12,7 +12,8 @@ from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 
-from ._base import TimmModel
+from ..layers.classifier import ClassifierHead
+from ._base import ModelArgs, TimmModel
 
 __all__ = ['TORCHVISION_TWINS', 'torchvision_pretrained_cfgs', 'create_torchvision_twin', 'ConvStagesNet']
 
@@ -48,16 +49,15 @@ def create_torchvision_twin(name: str, **kwargs) -> nn.Module:
 class ConvStagesNet(TimmModel):
     """A plain convnet: ``stem`` → ``stages`` → ``head``, the modules a family's builder made.
 
-    ``feature_info`` names the stem and the stages whose outputs are the features.
+    ``feature_info`` names the stem and the stages whose outputs are the features; ``args`` are timm's arguments
+    the family's builder took (``ModelArgs``). Build it in ``args.device_context()``.
     """
     block_pattern = r'^stages\.(\d+)\.(\d+)'
     block_pattern_coarse = r'^stages\.(\d+)'
 
-    def __init__(self, stem: nn.Module, stages: nn.Sequential, head: nn.Module, feature_info: List[Dict[str, Any]],
-                 *, num_classes: int, in_chans: int, drop_rate: float):
+    def __init__(self, stem: nn.Module, stages: nn.Sequential, head: ClassifierHead,
+                 feature_info: List[Dict[str, Any]], args: ModelArgs):
         super().__init__()
         self.stem = stem
         self.stages = stages
-        self.head = head
-        self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-                            num_features=feature_info[-1]['num_chs'], feature_info=feature_info)
+        self.attach_head(feature_info[-1]['num_chs'], feature_info, args, head=head)

@@ -6,15 +6,15 @@ https://papers.nips.cc/paper/2012/hash/c399862d3b9d6b76c8436e924a68c45b-Abstract
 
 Twin of ``torchvision.models.alexnet``; torchvision's state dicts load through ``checkpoint_filter_fn``.
 """
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from timm.models import register_model
 
 from ..layers import conv_norm, create_classifier
-from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_probability
-from ._base import device_context
+from ..layers._factory import ActivationArg, NormArg, check_positive_int
+from ._base import ModelArgs
 from ._helpers import build_family_model, remap_checkpoint
 from ._torchvision import ConvStagesNet, torchvision_pretrained_cfgs
 
@@ -47,35 +47,29 @@ def _pool(global_pool: Union[str, nn.Module], pool_size: int) -> nn.Module:
 
 def alexnet(
         *,
-        num_classes: int = 1000,
-        in_chans: int = 3,
         hidden_planes: Sequence[int] = (4096, 4096),
         pool_size: int = 6,
-        global_pool: Union[str, nn.Module] = 'avg',
         drop_rate: float = 0.5,
         act_layer: ActivationArg = 'relu',
         norm_layer: NormArg = None,
-        device: Union[str, torch.device, None] = None,
-        dtype: Optional[torch.dtype] = None,
+        **timm_args: Any,
 ) -> AlexNet:
     """Build an AlexNet (Metalhead.jl's ``alexnet``).
 
     Args:
-        num_classes: classes of the output layer; 0 for none (the model returns the last hidden features).
-        in_chans: input channels.
         hidden_planes: widths of the head's hidden layers.
         pool_size: the adaptive pool's output grid (6: 256 x 6 x 6 features into the first hidden layer).
-        global_pool: ``"avg"`` (adaptive average pool to ``pool_size``), ``"max"`` or a module.
         drop_rate: dropout after each hidden layer (0.5 as Metalhead and torchvision).
         act_layer: activation of every conv and hidden layer.
         norm_layer: normalisation after every conv (none by default, as the paper's network here).
-        device, dtype: where and in which dtype to create the parameters.
+        timm_args: timm's ``num_classes`` (0: the model returns the last hidden features), ``in_chans``,
+            ``global_pool`` (``"avg"``: adaptive average pool to ``pool_size``, ``"max"`` or a module), ``device``,
+            ``dtype`` (``ModelArgs``).
     """
-    check_positive_int(num_classes, 'num_classes', allow_zero=True)
-    check_positive_int(in_chans, 'in_chans')
+    args = ModelArgs.take('alexnet', timm_args, drop_rate=drop_rate)
     check_positive_int(pool_size, 'pool_size')
-    drop_rate = check_probability(drop_rate, 'drop_rate', allow_none=False)
-    with device_context(device):
+    in_chans = args.in_chans
+    with args.device_context():
         def conv(cin: int, spec: Tuple[int, int, int, int]) -> nn.Sequential:
             k, cout, stride, pad = spec
             return nn.Sequential(*conv_norm(k, cin, cout, act_layer, norm_layer=norm_layer, stride=stride, pad=pad))
@@ -91,11 +85,10 @@ def alexnet(
             stages.append(nn.Sequential(*blocks))
             reduction *= 2
             feature_info.append(dict(num_chs=inplanes, reduction=reduction, module=f'stages.{s}'))
-        head = create_classifier(inplanes, tuple(hidden_planes), num_classes, (act_layer, None),
-                                 pool_layer=_pool(global_pool, pool_size), dropout_prob=drop_rate or None)
-        model = AlexNet(stem, nn.Sequential(*stages), head, feature_info, num_classes=num_classes,
-                        in_chans=in_chans, drop_rate=drop_rate)
-    model.finish_init(dtype)
+        head = create_classifier(inplanes, tuple(hidden_planes), args.num_classes, (act_layer, None),
+                                 pool_layer=_pool(args.global_pool, pool_size), dropout_prob=args.drop_rate or None)
+        model = AlexNet(stem, nn.Sequential(*stages), head, feature_info, args)
+    model.finish_init(args.dtype)
     return model
 
 

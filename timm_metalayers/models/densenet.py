@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from timm.models import register_model
 
-from ..layers import cat_channels, conv_norm, create_classifier
+from ..layers import cat_channels, conv_norm
 from ..layers._factory import check_positive_int, check_probability, check_real, resolve_norm_act_layer
-from ._base import TimmModel, device_context
+from ._base import ModelArgs, TimmModel
 from ._helpers import build_family_model, init_kaiming, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['DenseNet', 'DenseBottleneck', 'densenet', 'dense_bottleneck', 'dense_block', 'transition']
@@ -78,36 +78,31 @@ class DenseNet(TimmModel):
             num_init_features: int = 64,
             expansion: int = 4,
             reduction: float = 0.5,
-            num_classes: int = 1000,
-            in_chans: int = 3,
             act_layer: Any = 'relu',
             norm_layer: Any = nn.BatchNorm2d,
-            global_pool: Any = 'avg',
-            drop_rate: float = 0.0,
             proj_drop_rate: float = 0.0,
-            device=None,
-            dtype=None,
+            **timm_args: Any,
     ):
+        """``timm_args``: timm's ``num_classes``, ``in_chans``, ``global_pool``, ``drop_rate`` (the head's dropout),
+        ``device``, ``dtype`` (``ModelArgs``)."""
         super().__init__()
+        args = ModelArgs.take('DenseNet', timm_args)
         check_positive_int(growth_rate, 'growth_rate')
         if not isinstance(block_config, (list, tuple)) or not block_config:
             raise ValueError(f'block_config must list the number of layers of each dense block, got {block_config!r}')
         for i, n in enumerate(block_config):
             check_positive_int(n, f'block_config[{i}]')
         check_positive_int(num_init_features, 'num_init_features')
-        check_positive_int(in_chans, 'in_chans')
-        check_positive_int(num_classes, 'num_classes', allow_zero=True)
         reduction = check_real(reduction, 'reduction')
         if not 0 < reduction <= 1:
             raise ValueError(f'reduction must be in (0, 1], got {reduction}')
-        drop_rate = check_probability(drop_rate, 'drop_rate') or 0.0
         proj_drop_rate = check_probability(proj_drop_rate, 'proj_drop_rate') or 0.0
         norm_act = resolve_norm_act_layer(norm_layer, act_layer)
         if norm_act is None:
             raise ValueError(f'DenseNet needs a norm layer, got norm_layer={norm_layer!r}')
 
-        with device_context(device):
-            self.stem = nn.Sequential(*conv_norm(7, in_chans, num_init_features, act_layer, stride=2, pad=3,
+        with args.device_context():
+            self.stem = nn.Sequential(*conv_norm(7, args.in_chans, num_init_features, act_layer, stride=2, pad=3,
                                                  norm_layer=norm_layer))
             self.stem_pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
             feature_info = [dict(num_chs=num_init_features, reduction=2, module='stem')]
@@ -125,12 +120,8 @@ class DenseNet(TimmModel):
                     channels, stride = outplanes, stride * 2
             self.norm5 = norm_act(channels)
             feature_info.append(dict(num_chs=channels, reduction=stride, module='norm5'))
-            self.head = create_classifier(channels, num_classes, pool_layer=global_pool,
-                                          dropout_prob=drop_rate or None)
-            self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-                                num_features=channels, feature_info=feature_info)
-            self.init_weights()
-        self.finish_init(dtype)
+            self.attach_head(channels, feature_info, args)
+        self.finish_init(args.dtype)
 
     @torch.jit.ignore
     def init_weights(self) -> None:

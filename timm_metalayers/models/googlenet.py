@@ -4,23 +4,26 @@
 Paper: `Going Deeper with Convolutions` - https://arxiv.org/abs/1409.4842
 
 Twin of ``torchvision.models.googlenet(aux_logits=False, transform_input=False)`` (batch norm, 3x3 "5x5"
-branch, ceil-mode pools, as torchvision's weights need); torchvision's state dicts load through
-``checkpoint_filter_fn`` (their auxiliary classifiers are dropped).
+branch, ceil-mode pools, as torchvision's weights need), and with ``aux_logits=True`` of torchvision's model with
+its two auxiliary classifiers (Metalhead's ``googlenet`` has none); torchvision's state dicts load through
+``checkpoint_filter_fn``.
 """
+from collections import OrderedDict
 from functools import partial
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Sequence
 
 import torch
 from torch import nn
 from timm.layers import trunc_normal_
 from timm.models import register_model
 
-from ..layers import conv_norm
-from ._helpers import build_family_model, remap_checkpoint
-from ._inception import InceptionNet, Parallel, inception_conv, inception_renamer
+from ..layers import conv_norm, create_classifier
+from ._inception import (
+    AuxClassifier, InceptionNet, Parallel, build_inception, inception_conv, inception_renamer, remap_with_aux)
 from ._torchvision import torchvision_pretrained_cfgs
 
-__all__ = ['GoogLeNet', 'inception_block', 'googlenet_stages', 'GOOGLENET_BLOCKS', 'checkpoint_filter_fn']
+__all__ = ['GoogLeNet', 'inception_block', 'googlenet_conv', 'googlenet_stages', 'googlenet_aux', 'GOOGLENET_BLOCKS',
+           'checkpoint_filter_fn']
 
 ConvFn = Callable[..., nn.Sequential]
 
@@ -49,6 +52,22 @@ def inception_block(inplanes: int, out_1x1: int, red_3x3: int, out_3x3: int, red
     )
 
 
+def block_width(widths: Sequence[int]) -> int:
+    """The output width of an inception block of ``GOOGLENET_BLOCKS``: its four branches concatenated."""
+    return widths[0] + widths[2] + widths[4] + widths[5]
+
+
+def googlenet_conv(*, act_layer='relu', norm_layer=None, batchnorm: bool = True) -> ConvFn:
+    """GoogLeNet's conv block: ``inception_conv`` (a batch norm with eps 1e-3, or ``norm_layer``, after the conv:
+    torchvision's) or, with ``batchnorm=False``, a biased conv without norm (Metalhead's default)."""
+    if batchnorm:
+        return partial(inception_conv, act_layer=act_layer, norm_layer=norm_layer)
+
+    def conv(k, cin, cout, *, stride=1, pad=0):
+        return nn.Sequential(*conv_norm(k, cin, cout, act_layer, norm_layer=None, stride=stride, pad=pad))
+    return conv
+
+
 def googlenet_stages(in_chans: int = 3, *, act_layer='relu', norm_layer=None, batchnorm: bool = True,
                      branch3_kernel: int = 3) -> nn.Sequential:
     """The mid-level constructor (Metalhead's ``googlenet`` backbone): five stages, output strides 2 ... 32.
@@ -56,11 +75,7 @@ def googlenet_stages(in_chans: int = 3, *, act_layer='relu', norm_layer=None, ba
     ``batchnorm=False`` gives Metalhead's default (biased convs, no norm); True (torchvision's) a batch norm
     (eps 1e-3) after every conv, or ``norm_layer`` where given.
     """
-    if batchnorm:
-        conv = partial(inception_conv, act_layer=act_layer, norm_layer=norm_layer)
-    else:
-        def conv(k, cin, cout, *, stride=1, pad=0):
-            return nn.Sequential(*conv_norm(k, cin, cout, act_layer, norm_layer=None, stride=stride, pad=pad))
+    conv = googlenet_conv(act_layer=act_layer, norm_layer=norm_layer, batchnorm=batchnorm)
     stages = [
         nn.Sequential(conv(7, in_chans, 64, stride=2, pad=3)),
         nn.Sequential(nn.MaxPool2d(3, stride=2, ceil_mode=True), conv(1, 64, 64), conv(3, 64, 192, pad=1)),
@@ -70,21 +85,46 @@ def googlenet_stages(in_chans: int = 3, *, act_layer='relu', norm_layer=None, ba
         modules = [nn.MaxPool2d(pool_kernel, stride=2, ceil_mode=True)]
         for widths in blocks:
             modules.append(inception_block(inplanes, *widths, conv=conv, branch3_kernel=branch3_kernel))
-            inplanes = widths[0] + widths[2] + widths[4] + widths[5]
+            inplanes = block_width(widths)
         stages.append(nn.Sequential(*modules))
     return nn.Sequential(*stages)
+
+
+def googlenet_aux(inplanes: int, num_classes: int, conv: ConvFn = inception_conv, *, act_layer='relu',
+                  drop_rate: float = 0.7) -> AuxClassifier:
+    """torchvision's ``InceptionAux``: 4x4 adaptive mean pool → 1x1 conv to 128 → flatten → the hidden form of
+    ``create_classifier`` (1024 units with ``act_layer``, dropout ``drop_rate``, ``fc``)."""
+    layers = OrderedDict(pool=nn.AdaptiveAvgPool2d(4), conv0=conv(1, inplanes, 128), flatten=nn.Flatten(1))
+    return AuxClassifier(layers, create_classifier(128 * 4 * 4, 1024, num_classes, (act_layer, None), pool_layer=None,
+                                                   dropout_prob=drop_rate))
+
+
+# torchvision's auxiliary classifiers: (our name, the inception block of the 14x14 stage they read: 4a, 4d),
+# in the order forward returns them (torchvision's GoogLeNetOutputs: logits, aux_logits2, aux_logits1)
+AUX_BLOCKS = (('aux_head2', 3), ('aux_head1', 0))
+AUX_STAGE = 3
 
 
 class GoogLeNet(InceptionNet):
     """GoogLeNet with timm's model API (``batchnorm``, ``branch3_kernel``: see ``googlenet_stages``).
 
-    torchvision's auxiliary classifiers are not built (``aux_logits=True`` is refused)."""
+    ``aux_logits=True`` adds torchvision's auxiliary classifiers (``aux_head1`` after inception 4a, ``aux_head2``
+    after 4d; ``googlenet_aux``), and ``forward`` returns ``(logits, aux_logits2, aux_logits1)`` in training and
+    evaluation, in the order of torchvision's ``GoogLeNetOutputs``."""
     stage_chs = STAGE_CHS
+    aux_taps = tuple((name, f'stages.{AUX_STAGE}.{block + 1}') for name, block in AUX_BLOCKS)  # after the max pool
 
     def build_stages(self, in_chans: int, *, act_layer, norm_layer, batchnorm: bool = True,
                      branch3_kernel: int = 3) -> nn.Sequential:
         return googlenet_stages(in_chans, act_layer=act_layer, norm_layer=norm_layer, batchnorm=batchnorm,
                                 branch3_kernel=branch3_kernel)
+
+    def build_aux_head(self, name: str, num_classes: int, *, act_layer, norm_layer, batchnorm: bool = True,
+                       branch3_kernel: int = 3) -> AuxClassifier:
+        block = dict(AUX_BLOCKS)[name]
+        inplanes = block_width(GOOGLENET_BLOCKS[AUX_STAGE - 2][1][block])
+        conv = googlenet_conv(act_layer=act_layer, norm_layer=norm_layer, batchnorm=batchnorm)
+        return googlenet_aux(inplanes, num_classes, conv, act_layer=act_layer)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
@@ -95,28 +135,25 @@ class GoogLeNet(InceptionNet):
 
 
 # torchvision's names: conv1 ... conv3, inception3a ... 5b (branch1 ... branch4, BasicConv2d conv / bn), fc;
-# aux1 / aux2 are the auxiliary classifiers we do not build.
+# aux1 / aux2, the auxiliary classifiers (conv, fc1, fc2).
 _BRANCHES = {'branch1': 'branch0', 'branch2': 'branch1', 'branch3': 'branch2', 'branch4': 'branch3'}
+_AUX_PARTS = {'conv': 'conv0', 'fc1': 'hidden', 'fc2': 'fc'}
 _TORCHVISION_BLOCKS = {
     'conv1': ('stages.0.0', None), 'conv2': ('stages.1.1', None), 'conv3': ('stages.1.2', None),
     'inception3a': ('stages.2.1', _BRANCHES), 'inception3b': ('stages.2.2', _BRANCHES),
     **{f'inception4{c}': (f'stages.3.{i + 1}', _BRANCHES) for i, c in enumerate('abcde')},
     'inception5a': ('stages.4.1', _BRANCHES), 'inception5b': ('stages.4.2', _BRANCHES),
     'fc': ('head.fc', None),
+    'aux1': ('aux_head1', _AUX_PARTS), 'aux2': ('aux_head2', _AUX_PARTS),
 }
 _torchvision_to_ours = inception_renamer(_TORCHVISION_BLOCKS)
 
 
-def _rename(key: str) -> Optional[str]:
-    if key.startswith(('aux1.', 'aux2.')):
-        return None
-    return _torchvision_to_ours(key)
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GoogLeNet) -> Dict[str, torch.Tensor]:
-    """Map a torchvision ``googlenet`` state dict (or one of ours) onto ``model``, strictly (its auxiliary
-    classifiers dropped): ``CheckpointMismatchError`` names every unmapped, missing or mis-shaped key."""
-    return remap_checkpoint(state_dict, model, _rename)
+    """Map a torchvision ``googlenet`` state dict (or one of ours) onto ``model``, strictly:
+    ``CheckpointMismatchError`` names every unmapped, missing or mis-shaped key. Its auxiliary classifiers load
+    into a model with ``aux_logits=True`` and are dropped for one without (``remap_with_aux``)."""
+    return remap_with_aux(state_dict, model, _torchvision_to_ours, {'aux1': 'aux_head1', 'aux2': 'aux_head2'})
 
 
 default_cfgs = torchvision_pretrained_cfgs(
@@ -127,5 +164,5 @@ default_cfgs = torchvision_pretrained_cfgs(
 
 @register_model
 def metalayers_googlenet(pretrained: bool = False, **kwargs) -> GoogLeNet:
-    """GoogLeNet (torchvision's ``googlenet`` without auxiliary classifiers)."""
-    return build_family_model(GoogLeNet, 'metalayers_googlenet', pretrained, checkpoint_filter_fn, **kwargs)
+    """GoogLeNet (torchvision's ``googlenet``; its auxiliary classifiers with ``aux_logits=True``)."""
+    return build_inception(GoogLeNet, 'metalayers_googlenet', pretrained, checkpoint_filter_fn, **kwargs)

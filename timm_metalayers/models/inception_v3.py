@@ -8,7 +8,7 @@ Loads timm's ImageNet weights (``inception_v3.tv_in1k``, ``.tf_in1k``, ``.gluon_
 """
 from collections import OrderedDict
 from functools import partial
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import torch
 from torch import nn
@@ -16,9 +16,9 @@ from timm.layers import trunc_normal_
 from timm.models import register_model
 
 from ..layers import create_classifier
-from ._helpers import build_family_model, remap_checkpoint
 from ._inception import (
-    InceptionNet, Parallel, inception_cfgs, inception_conv, inception_renamer)
+    AuxClassifier, InceptionNet, Parallel, build_inception, inception_cfgs, inception_conv, inception_renamer,
+    remap_with_aux)
 
 __all__ = ['InceptionV3', 'inception_v3_stages']
 
@@ -80,11 +80,10 @@ def inception_v3_e(inplanes: int, conv: ConvFn = inception_conv) -> Parallel:
     )
 
 
-def inception_v3_aux(inplanes: int, num_classes: int, conv: ConvFn = inception_conv) -> nn.Sequential:
+def inception_v3_aux(inplanes: int, num_classes: int, conv: ConvFn = inception_conv) -> AuxClassifier:
     """The auxiliary classifier on the 17x17 grid: 5x5/3 mean pool → 1x1 → 5x5 → ``create_classifier``."""
     layers = OrderedDict(pool=nn.AvgPool2d(5, stride=3), conv0=conv(1, inplanes, 128), conv1=conv(5, 128, 768))
-    layers.update(create_classifier(768, num_classes).named_children())
-    return nn.Sequential(layers)
+    return AuxClassifier(layers, create_classifier(768, num_classes))
 
 
 STAGE_CHS = (64, 192, 288, 768, 2048)
@@ -109,12 +108,13 @@ class InceptionV3(InceptionNet):
     """Inception-v3 with timm's model API; ``aux_logits=True`` adds the auxiliary classifier
     (``forward`` then returns ``(logits, aux_logits)``)."""
     stage_chs = STAGE_CHS
-    aux_stage = AUX_STAGE
+    aux_taps = (('aux_head', f'stages.{AUX_STAGE}'),)
 
     def build_stages(self, in_chans: int, *, act_layer, norm_layer) -> nn.Sequential:
         return inception_v3_stages(in_chans, act_layer=act_layer, norm_layer=norm_layer)
 
-    def build_aux_head(self, num_classes: int, conv: ConvFn) -> nn.Sequential:
+    def build_aux_head(self, name: str, num_classes: int, *, act_layer, norm_layer) -> AuxClassifier:
+        conv = partial(inception_conv, act_layer=act_layer, norm_layer=norm_layer)
         return inception_v3_aux(STAGE_CHS[AUX_STAGE], num_classes, conv)
 
     @torch.jit.ignore
@@ -129,11 +129,6 @@ class InceptionV3(InceptionNet):
                     std = 0.001
                 trunc_normal_(m.weight, std=std)
 
-
-def _create_inception_v3(variant: str, pretrained: bool = False, **kwargs) -> InceptionV3:
-    if kwargs.get('features_only') and kwargs.get('aux_logits'):
-        raise ValueError('features_only=True does not go with aux_logits=True')
-    return build_family_model(InceptionV3, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 
@@ -182,27 +177,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: InceptionV3
     none; a model with one keeps its own initialisation where the checkpoint has none (TF / Gluon weights)
     or where its classifier is for another number of classes.
     """
-    has_aux = getattr(model, 'aux_head', None) is not None
-
-    def rename(key: str) -> Optional[str]:
-        if key.startswith('AuxLogits.') and not has_aux:
-            return None
-        if key.startswith('aux_head.'):
-            return key if has_aux else None
-        return _timm_to_ours(key)
-
-    if has_aux and isinstance(state_dict, dict) and not any(
-            k.startswith(('AuxLogits.', 'aux_head.')) for k in state_dict):
-        state_dict = dict(state_dict)
-        state_dict.update({f'aux_head.{k}': v for k, v in model.aux_head.state_dict().items()})
-
-    def keep_own_aux_classifier(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return target if key.startswith('aux_head.fc.') else value
-
-    return remap_checkpoint(state_dict, model, rename, reshape=keep_own_aux_classifier)
+    return remap_with_aux(state_dict, model, _timm_to_ours, {'AuxLogits': 'aux_head'})
 
 
 @register_model
 def metalayers_inception_v3(pretrained: bool = False, **kwargs) -> InceptionV3:
     """Inception-v3 (auxiliary classifier with ``aux_logits=True``)."""
-    return _create_inception_v3('metalayers_inception_v3', pretrained=pretrained, **kwargs)
+    return build_inception(InceptionV3, 'metalayers_inception_v3', pretrained, checkpoint_filter_fn, **kwargs)

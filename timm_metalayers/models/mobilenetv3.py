@@ -18,7 +18,7 @@ from timm.models import register_model
 from ..layers import conv_norm, create_classifier, linear_scheduler, mbconv
 from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_probability
 from ..layers.pool import create_pool
-from ._base import TimmModel, device_context
+from ._base import ModelArgs, TimmModel
 from ._invres import init_invres_weights, invres_renamer, stage_feature_info
 from ._helpers import build_family_model, conv_to_linear, remap_checkpoint, twin_pretrained_cfgs
 
@@ -73,25 +73,20 @@ class MobileNetV3(TimmModel):
             stem: nn.Sequential,
             stages: nn.Sequential,
             feature_info: List[Dict[str, Any]],
+            args: ModelArgs,
             *,
             hidden_planes: int,
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            global_pool: Union[str, nn.Module, None] = 'avg',
-            drop_rate: float = 0.,
             head_act_layer: ActivationArg = _NETWORK_ACT,
     ):
         super().__init__()
         self.stem = stem
         self.stages = stages
         num_features = feature_info[-1]['num_chs']
-        unpooled = create_pool(global_pool, argname='global_pool') is None
-        self.head = create_classifier(num_features, hidden_planes, num_classes, (head_act_layer, None),
-                                      use_conv=(unpooled, unpooled), pool_layer=global_pool,
-                                      dropout_prob=drop_rate or None).convs_when_unpooled()
-        self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-                            num_features=num_features, feature_info=feature_info)
-        self.init_weights()
+        unpooled = create_pool(args.global_pool, argname='global_pool') is None
+        head = create_classifier(num_features, hidden_planes, args.num_classes, (head_act_layer, None),
+                                 use_conv=(unpooled, unpooled), pool_layer=args.global_pool,
+                                 dropout_prob=args.drop_rate or None).convs_when_unpooled()
+        self.attach_head(num_features, feature_info, args, head=head)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
@@ -169,10 +164,9 @@ def mobilenetv3(
     check_positive_int(hidden_planes, 'hidden_planes')
     if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
         raise ValueError(f'width_mult must be a number > 0, got {width_mult!r}')
-    drop_rate = check_probability(drop_rate, 'drop_rate', allow_none=False)
     drop_path_rate = check_probability(drop_path_rate, 'drop_path_rate', allow_none=False)
-    check_positive_int(in_chans, 'in_chans')
-    check_positive_int(num_classes, 'num_classes', allow_zero=True)
+    args = ModelArgs(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                     device=device, dtype=dtype)
 
     def act(name: str) -> ActivationArg:
         return act_layer if name == _NETWORK_ACT else name
@@ -201,7 +195,7 @@ def mobilenetv3(
     residual = [spec[4] == 1 and spec[1] == spec[3] for stage in stage_specs for spec in stage]
     schedule = iter(linear_scheduler(drop_path_rate, depth=sum(residual)))
 
-    with device_context(device):
+    with args.device_context():
         stem = nn.Sequential(*conv_norm(3, in_chans, stem_out, act_layer, norm_layer=norm_layer, stride=2, pad=1))
         stages = []
         for stage in stage_specs:
@@ -218,10 +212,8 @@ def mobilenetv3(
         strides = [max(spec[4] for spec in stage) for stage in stage_specs] + [1]
         feature_info = stage_feature_info(stem_out, stage_planes, strides)
 
-        model = MobileNetV3(stem, stages, feature_info, hidden_planes=hidden_planes,
-                            num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
-                            drop_rate=drop_rate, head_act_layer=act_layer)
-    model.finish_init(dtype)
+        model = MobileNetV3(stem, stages, feature_info, args, hidden_planes=hidden_planes, head_act_layer=act_layer)
+    model.finish_init(args.dtype)
     return model
 
 

@@ -7,15 +7,15 @@ Twins of ``torchvision.models.squeezenet1_0`` / ``squeezenet1_1``; torchvision's
 ``checkpoint_filter_fn``.
 """
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from timm.models import register_model
 
 from ..layers import conv_norm, create_classifier
-from ..layers._factory import ActivationArg, NormArg, check_positive_int, check_probability
-from ._base import device_context
+from ..layers._factory import ActivationArg, NormArg, check_positive_int
+from ._base import ModelArgs
 from ._helpers import build_family_model, remap_checkpoint
 from ._inception import Parallel
 from ._torchvision import ConvStagesNet, torchvision_pretrained_cfgs
@@ -89,34 +89,27 @@ def _check_config(config: object) -> Tuple[int, int, List[List[Fire]]]:
 def squeezenet(
         config: Union[str, Tuple[int, int, Sequence[Sequence[Fire]]]] = '1_1',
         *,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        global_pool: Union[str, nn.Module] = 'avg',
         drop_rate: float = 0.5,
         act_layer: ActivationArg = 'relu',
         norm_layer: NormArg = None,
-        device: Union[str, torch.device, None] = None,
-        dtype: Optional[torch.dtype] = None,
+        **timm_args: Any,
 ) -> SqueezeNet:
     """Build a SqueezeNet (Metalhead.jl's ``squeezenet``).
 
     Args:
         config: ``"1_0"``, ``"1_1"`` or ``(stem kernel, stem width, stages)``, a stage being a list of fire
             rows ``(squeeze planes, expand1x1 planes, expand3x3 planes)`` after a 3x3/2 max pool.
-        num_classes: classes of the 1x1-conv classifier; 0 for none (the model returns pooled features).
-        in_chans: input channels.
-        global_pool: the pool after the classifier (a timm pool name, a module; ``''`` for none).
         drop_rate: dropout before the classifier (0.5 as Metalhead and torchvision).
         act_layer: activation of every conv (and of the classifier, as the paper's final ReLU).
         norm_layer: normalisation after every conv (none by default, as the paper).
-        device, dtype: where and in which dtype to create the parameters.
+        timm_args: timm's ``num_classes`` (of the 1x1-conv classifier; 0: the model returns pooled features),
+            ``in_chans``, ``global_pool`` (the pool after the classifier; ``''`` for none), ``device``, ``dtype``
+            (``ModelArgs``).
     """
     kernel, width, stages_cfg = _check_config(config)
-    check_positive_int(num_classes, 'num_classes', allow_zero=True)
-    check_positive_int(in_chans, 'in_chans')
-    drop_rate = check_probability(drop_rate, 'drop_rate', allow_none=False)
-    with device_context(device):
-        stem = nn.Sequential(*conv_norm(kernel, in_chans, width, act_layer, norm_layer=norm_layer, stride=2))
+    args = ModelArgs.take('squeezenet', timm_args, drop_rate=drop_rate)
+    with args.device_context():
+        stem = nn.Sequential(*conv_norm(kernel, args.in_chans, width, act_layer, norm_layer=norm_layer, stride=2))
         stages, inplanes = [], width
         feature_info = [dict(num_chs=width, reduction=2, module='stem')]
         for s, stage in enumerate(stages_cfg):
@@ -126,12 +119,10 @@ def squeezenet(
                 inplanes = e1 + e3
             stages.append(nn.Sequential(*blocks))
             feature_info.append(dict(num_chs=inplanes, reduction=2 ** (s + 2), module=f'stages.{s}'))
-        head = create_classifier(inplanes, num_classes, act_layer, use_conv=True, pool_last=True,
-                                 pool_layer=global_pool, dropout_prob=drop_rate or None)
-        model = SqueezeNet(stem, nn.Sequential(*stages), head, feature_info, num_classes=num_classes,
-                           in_chans=in_chans, drop_rate=drop_rate)
-        model.init_weights()
-    model.finish_init(dtype)
+        head = create_classifier(inplanes, args.num_classes, act_layer, use_conv=True, pool_last=True,
+                                 pool_layer=args.global_pool, dropout_prob=args.drop_rate or None)
+        model = SqueezeNet(stem, nn.Sequential(*stages), head, feature_info, args)
+    model.finish_init(args.dtype)
     return model
 
 

@@ -15,9 +15,9 @@ from torch.nn import functional as F
 from timm.layers import register_notrace_module
 from timm.models import register_model
 
-from ..layers import conv_norm, create_classifier
-from ..layers._factory import check_bool, check_positive_int, check_probability
-from ._base import TimmModel, device_context
+from ..layers import conv_norm
+from ..layers._factory import check_bool, check_positive_int
+from ._base import ModelArgs, TimmModel
 from ._helpers import build_family_model, init_kaiming, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['VGG', 'vgg', 'vgg_stage', 'ConvMlp', 'VGG_CONFIGS']
@@ -80,19 +80,17 @@ class VGG(TimmModel):
             self,
             config: Sequence[Tuple[int, int]] = VGG_CONFIGS[16],
             *,
-            num_classes: int = 1000,
-            in_chans: int = 3,
             batchnorm: bool = False,
             fcsize: int = 4096,
             mlp_ratio: float = 1.0,
             act_layer: Any = 'relu',
             norm_layer: Any = nn.BatchNorm2d,
-            global_pool: Any = 'avg',
-            drop_rate: float = 0.0,
-            device=None,
-            dtype=None,
+            **timm_args: Any,
     ):
+        """``timm_args``: timm's ``num_classes``, ``in_chans``, ``global_pool``, ``drop_rate`` (dropout in the
+        pre-logits and the head), ``device``, ``dtype`` (``ModelArgs``)."""
         super().__init__()
+        args = ModelArgs.take('VGG', timm_args)
         if not isinstance(config, (list, tuple)) or not config:
             raise ValueError(f'config must list (output channels, number of convs) per stage, got {config!r}')
         if len(config) > len(STAGE_NAMES):
@@ -107,14 +105,11 @@ class VGG(TimmModel):
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0 \
                 or int(fcsize * mlp_ratio) < 1:
             raise ValueError(f'mlp_ratio must be a number > 0 that leaves fcsize * mlp_ratio >= 1, got {mlp_ratio!r}')
-        check_positive_int(in_chans, 'in_chans')
-        check_positive_int(num_classes, 'num_classes', allow_zero=True)
-        drop_rate = check_probability(drop_rate, 'drop_rate') or 0.0
         norm_layer = norm_layer if batchnorm else None
 
-        with device_context(device):
+        with args.device_context():
             feature_info = []
-            channels, reduction = in_chans, 1
+            channels, reduction = args.in_chans, 1
             for i, ((outplanes, depth), name) in enumerate(zip(config, STAGE_NAMES)):
                 self.add_module(name, nn.Sequential(*vgg_stage(channels, outplanes, depth, act_layer=act_layer,
                                                                norm_layer=norm_layer)))
@@ -125,12 +120,9 @@ class VGG(TimmModel):
                 reduction *= 2
             feature_info.append(dict(num_chs=channels, reduction=reduction, module=f'pool{len(config)}'))
             self.pre_logits = ConvMlp(channels, fcsize, hidden_planes=int(fcsize * mlp_ratio), act_layer=act_layer,
-                                      drop_rate=drop_rate)
-            self.head = create_classifier(fcsize, num_classes, pool_layer=global_pool, dropout_prob=drop_rate or None)
-            self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-                                num_features=channels, feature_info=feature_info)
-            self.init_weights()
-        self.finish_init(dtype)
+                                      drop_rate=args.drop_rate)
+            self.attach_head(channels, feature_info, args, head_planes=fcsize)
+        self.finish_init(args.dtype)
 
     @torch.jit.ignore
     def init_weights(self) -> None:

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from timm.models import register_model
 
-from ..layers import conv_norm, create_classifier, create_norm, dwsep_conv_norm, resolve_norm_layer
-from ..layers._factory import check_bool, check_positive_int, check_probability, create_activation
-from ._base import TimmModel, device_context
+from ..layers import conv_norm, create_norm, dwsep_conv_norm, resolve_norm_layer
+from ..layers._factory import check_bool, check_positive_int, create_activation
+from ._base import ModelArgs, NumberedBlocks, TimmModel
 from ._helpers import build_family_model, init_kaiming, remap_checkpoint, twin_pretrained_cfgs
 
 __all__ = ['Xception', 'XceptionBlock', 'xception', 'xception_block', 'separable_conv_norm']
@@ -83,30 +83,27 @@ class Xception(TimmModel):
     Modules: ``stem`` (two 3x3 ``conv_norm``), ``entry_flow`` (3 strided blocks), ``middle_flow`` (8 blocks),
     ``exit_flow`` (a strided block and two ``separable_conv_norm``) and ``head``.
     """
-    # one parameter group per flow, in forward order (timm's matcher orders groups by numbers captured from names)
-    block_pattern = [(r'^entry_flow', (0,)), (r'^middle_flow', (1,)), (r'^exit_flow', (2,))]
+    # as timm's legacy_xception: one parameter group per block (its block1 ... block12), then the exit flow's two
+    # separable convs together (its conv3 / conv4); coarse: one group per flow
+    block_pattern = NumberedBlocks('entry_flow.*', 'middle_flow.*', r'exit_flow\.0', r'exit_flow\.[12]')
+    block_pattern_coarse = [(r'^entry_flow', (0,)), (r'^middle_flow', (1,)), (r'^exit_flow', (2,))]
 
     def __init__(
             self,
             *,
-            num_classes: int = 1000,
-            in_chans: int = 3,
             middle_repeats: int = 8,
             act_layer: Any = 'relu',
             norm_layer: Any = nn.BatchNorm2d,
-            global_pool: Any = 'avg',
-            drop_rate: float = 0.0,
-            device=None,
-            dtype=None,
+            **timm_args: Any,
     ):
+        """``timm_args``: timm's ``num_classes``, ``in_chans``, ``global_pool``, ``drop_rate`` (the head's dropout),
+        ``device``, ``dtype`` (``ModelArgs``)."""
         super().__init__()
-        check_positive_int(in_chans, 'in_chans')
-        check_positive_int(num_classes, 'num_classes', allow_zero=True)
+        args = ModelArgs.take('Xception', timm_args)
         check_positive_int(middle_repeats, 'middle_repeats')
-        drop_rate = check_probability(drop_rate, 'drop_rate') or 0.0
         kw = dict(act_layer=act_layer, norm_layer=norm_layer)
-        with device_context(device):
-            self.stem = nn.Sequential(*conv_norm(3, in_chans, 32, act_layer, stride=2, norm_layer=norm_layer),
+        with args.device_context():
+            self.stem = nn.Sequential(*conv_norm(3, args.in_chans, 32, act_layer, stride=2, norm_layer=norm_layer),
                                       *conv_norm(3, 32, 64, act_layer, norm_layer=norm_layer))
             self.entry_flow = nn.Sequential(
                 xception_block(64, 128, 2, stride=2, start_with_relu=False, **kw),
@@ -117,17 +114,14 @@ class Xception(TimmModel):
                 xception_block(728, 1024, 2, stride=2, grow_first=False, **kw),
                 nn.Sequential(*separable_conv_norm(1024, 1536, act_layer, norm_layer=norm_layer)),
                 nn.Sequential(*separable_conv_norm(1536, 2048, act_layer, norm_layer=norm_layer)))
-            self.head = create_classifier(2048, num_classes, pool_layer=global_pool, dropout_prob=drop_rate or None)
             # the block outputs, before the activation that starts the next block (timm applies it to its taps)
             feature_info = [dict(num_chs=64, reduction=2, module='stem'),
                             dict(num_chs=128, reduction=4, module='entry_flow.0'),
                             dict(num_chs=256, reduction=8, module='entry_flow.1'),
                             dict(num_chs=728, reduction=16, module='middle_flow'),
                             dict(num_chs=2048, reduction=32, module='exit_flow')]
-            self.init_model_api(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, num_features=2048,
-                                feature_info=feature_info)
-            self.init_weights()
-        self.finish_init(dtype)
+            self.attach_head(2048, feature_info, args)
+        self.finish_init(args.dtype)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
