@@ -1,7 +1,7 @@
 """Helpers the family parity tests share: timm's model with random weights saved as safetensors, ours
 loaded from that file through ``pretrained=True``, and the full key mapping on the meta device."""
 import importlib
-from typing import Callable, Tuple
+from typing import Callable, Sequence, Tuple
 
 import pytest
 import timm
