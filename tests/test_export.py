@@ -152,6 +152,29 @@ def test_command_exports_a_checkpoint_and_prints_the_difference(tmp_path, capsys
                                    trained(x), rtol=1e-4, atol=1e-5)
 
 
+def test_pretrained_weights_come_from_the_hub(local_hub, tmp_path, capsys):
+    """--pretrained: timm's twin weights from the (local) Hub, mapped by the checkpoint filter."""
+    twin = timm.create_model('mobilenetv3_small_050').eval()
+    weights = tmp_path / 'model.safetensors'
+    safetensors.torch.save_file(twin.state_dict(), str(weights))
+    local_hub.add_files('timm/mobilenetv3_small_050.lamb_in1k', {'model.safetensors': weights})
+    status, stdout, err = _run_cli(capsys, '--model', SMALL, '--pretrained', '--format', 'exported-program',
+                                   '--output', tmp_path / 'm.pt2', '--img-size', 64, '--dynamic-batch')
+    assert status == 0, err
+    assert f'{SMALL} (pretrained weights) as exported-program, any batch size' in stdout
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(str(tmp_path / 'm.pt2')).module()(x), twin(x))
+
+
+def test_pretrained_weights_missing_is_one_line_and_status_1(local_hub, tmp_path, capsys):
+    status, stdout, err = _run_cli(capsys, '--model', SMALL, '--pretrained', '--format', 'onnx',
+                                   '--output', tmp_path / 'm.onnx')
+    assert status == 1 and stdout == '' and err.count('\n') == 1
+    assert err.startswith(f'error: cannot load the pretrained weights of {SMALL}')
+    assert not (tmp_path / 'm.onnx').exists()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The library: one trace for ONNX and torch.export, parity, refusal of mismatches and of training mode
 # ------------------------------------------------------------------------------------------------------------
@@ -190,11 +213,11 @@ def test_regularisers_export_as_identity_in_eval(tmp_path):
     assert len(active_random_layers(regularised.train())) > 10
     regularised.eval()
     outputs = {'onnx': tmp_path / 'r.onnx', 'exported-program': tmp_path / 'r.pt2'}
-    export_formats(regularised, outputs, img_size=64, batch=2)
+    export_formats(regularised, outputs, img_size=64, batch=2, dynamic_batch=True)
     assert _random_ops_in_onnx(outputs['onnx']) == []
     program = torch.export.load(str(outputs['exported-program']))
     assert not [n for n in program.graph.nodes if 'bernoulli' in str(n.target) or 'rand' in str(n.target)]
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(5, 3, 64, 64)
     session = onnxruntime.InferenceSession(str(outputs['onnx']), providers=['CPUExecutionProvider'])
     with torch.no_grad():
         expected = plain(x)
@@ -282,8 +305,15 @@ def _checkable(model: nn.Module) -> nn.Module:
     return model
 
 
+# Over 150M parameters (3-6 GB at their peak, an onnxruntime copy of the weights included): one xdist group, so
+# one worker exports them one after the other and two never add up their memory.
+LARGEST = ('metalayers_convnext_large', 'metalayers_convnext_xlarge', 'metalayers_mixer_l16_224',
+           'metalayers_tf_efficientnetv2_xl', 'metalayers_vit_large_patch16_224')
+
+
 @pytest.mark.export_all
-@pytest.mark.parametrize('name', sorted(timm.list_models('metalayers_*')))
+@pytest.mark.parametrize('name', [pytest.param(name, marks=pytest.mark.xdist_group('export_largest'))
+                                  if name in LARGEST else name for name in sorted(timm.list_models('metalayers_*'))])
 def test_every_model_exports_with_parity(name, tmp_path):
     side = _small_side(name)
     torch.manual_seed(0)
