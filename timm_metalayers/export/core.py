@@ -123,6 +123,11 @@ def model_input_size(model: nn.Module, img_size: Optional[Union[int, Tuple[int, 
     return (channels, *size)
 
 
+def _model_name(model: nn.Module) -> str:
+    """timm's architecture name where the model has one, else its class name."""
+    return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+
+
 def _as_outputs(value: object) -> Outputs:
     if isinstance(value, torch.Tensor):
         return [value]
@@ -236,7 +241,7 @@ def export_formats(model: nn.Module, outputs: Mapping[str, PathLike], *,
             del run  # the loaded artefact (an onnxruntime session holds a copy of the weights)
             max_abs, max_rel, largest = _differences(expected, actual)
             if not max_rel <= rtol:
-                raise ExportParityError(f'{fmt} export of {type(model).__name__}: {checked_with} differs from '
+                raise ExportParityError(f'{fmt} export of {_model_name(model)}: {checked_with} differs from '
                                         f'the eager model by {max_abs:.3g} (relative {max_rel:.3g} > {rtol:g}); '
                                         f'{target} was not written')
             files = _install(temporary, target)
