@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog='python -m timm_metalayers.export',
         description='Export a timm model in eval mode to ONNX, an ExportedProgram (torch.export) or TorchScript, '
                     'run the written file on random images (onnxruntime for ONNX) and compare it with the eager '
-                    'model.', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    'model.')
     p.add_argument('--model', required=True, type=model_name, help='timm model name, e.g. metalayers_resnet50')
     weights = p.add_mutually_exclusive_group()
     weights.add_argument('--pretrained', action='store_true', help="the model's pretrained weights from the Hub")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='file to write (ONNX: its weights go next to it, in PATH.data; an ExportedProgram: *.pt2)')
     p.add_argument('--img-size', type=image_size, default=None, metavar='N',
                    help="input side in pixels (default: the model's pretrained_cfg input size)")
-    p.add_argument('--batch', type=positive_int, default=1, metavar='N', help='images per input')
+    p.add_argument('--batch', type=positive_int, default=1, metavar='N', help='images per input (default: 1)')
     p.add_argument('--dynamic-batch', action='store_true', help='the exported model takes any batch size')
     return p
 
