@@ -123,6 +123,14 @@ def test_tiny_resnet_compiles_fullgraph_train_and_eval_in_channels_last():
     ('metalayers_resmlp_12_224', dict(img_size=32, depth=2, embed_dim=16, drop_path_rate=0.2), 32),
     ('metalayers_gmlp_ti16_224', dict(img_size=32, depth=2, embed_dim=16, drop_path_rate=0.2), 32),
     ('metalayers_mnasnet_small', dict(drop_path_rate=0.2, drop_rate=0.1), 64),  # the inverted-residual builder
+    ('metalayers_tf_efficientnet_b0', dict(drop_path_rate=0.2), 64),  # TF "same" padding computed per input
+    ('metalayers_res2net50_14w_8s', dict(drop_path_rate=0.2), 32),  # bottle2neck in the ResNet builder
+    ('metalayers_densenet121', dict(drop_rate=0.1), 32),
+    ('metalayers_legacy_xception', dict(drop_rate=0.1), 32),
+    ('metalayers_vgg11_bn', dict(drop_rate=0.1), 32),  # the conv pre-logits on a map pooled up to 7x7
+    ('metalayers_googlenet', dict(drop_rate=0.1), 32),
+    ('metalayers_squeezenet1_1', dict(drop_rate=0.1), 64),
+    ('metalayers_alexnet', dict(drop_rate=0.1), 64),
 ])
 def test_model_families_compile_fullgraph_train_and_eval_in_channels_last(name, kwargs, size):
     """The other families (the tiny ResNet above covers ResNet): channels_last end to end and one whole graph
