@@ -6,7 +6,6 @@ work: values by argparse ``type=`` functions, the image size by running the mode
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import torch
 
 import timm_metalayers  # noqa: F401  (registers the metalayers_* models)
 from ..finetune.cli import image_size, positive_int
+from ..models._helpers import unknown_model_message
 from .core import (DEFAULT_RTOL, FORMATS, ExportParityError, check_output_name, export_model, model_input_size,
                    require_onnx)
 
@@ -33,9 +33,7 @@ class _OneLineErrors(argparse.ArgumentParser):
 def model_name(text: str) -> str:
     """A model timm knows (``metalayers_resnet50``, ``metalayers_resnet50.a1_in1k``)."""
     if not timm.is_model(text):
-        close = difflib.get_close_matches(text, timm.list_models('metalayers_*') + timm.list_models(), n=3)
-        hint = f'; did you mean {", ".join(close)}?' if close else " (see timm.list_models('metalayers_*'))"
-        raise argparse.ArgumentTypeError(f'unknown model {text!r}{hint}')
+        raise argparse.ArgumentTypeError(unknown_model_message(text))
     try:
         timm.get_pretrained_cfg(text)
     except RuntimeError as e:  # an unknown tag

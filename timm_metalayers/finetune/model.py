@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -16,6 +15,7 @@ from timm.data import resolve_data_config
 from .. import models as _models  # noqa: F401  (registers the metalayers_* models with timm)
 from ..hub import HubLoadError, load_weights, read_state_dict
 from ..hub.timm_layout import NoTimmTwinError, timm_twin_of
+from ..models._helpers import unknown_model_message
 from .errors import FinetuneError, first_line
 
 __all__ = ['check_export_layout', 'check_model_name', 'create_model', 'data_config_for', 'freeze_backbone', 'set_train_mode']
@@ -30,9 +30,7 @@ def check_model_name(name: str) -> None:
             raise FinetuneError(f"model {name!r}: unknown pretrained tag {tag!r}; {base} has "
                                 f"{', '.join(tags) or 'none'}")
         return
-    close = difflib.get_close_matches(base, timm.list_models('metalayers_*') or timm.list_models(), n=3)
-    hint = f'; did you mean {", ".join(close)}?' if close else ''
-    raise FinetuneError(f"unknown model {name!r}{hint} (see timm.list_models('metalayers_*'))")
+    raise FinetuneError(unknown_model_message(name))
 
 
 def check_export_layout(args: argparse.Namespace) -> None:

@@ -78,6 +78,16 @@ def remap_checkpoint(
     return out
 
 
+def unknown_model_message(name: str) -> str:
+    """``unknown model 'x'; did you mean a, b?``: the registered names closest to ``name`` (ours first)."""
+    import difflib
+    import timm
+    candidates = list(dict.fromkeys(timm.list_models('metalayers_*') + timm.list_models()))
+    close = difflib.get_close_matches(name, candidates, n=3)
+    hint = f'; did you mean {", ".join(close)}?' if close else ''
+    return f"unknown model {name!r}{hint} (see timm.list_models('metalayers_*'))"
+
+
 def init_kaiming(model: nn.Module, *, mode: str = 'fan_out', linear_std: Optional[float] = None,
                  zero_linear_bias: bool = False) -> None:
     """The usual CNN initialisation: Kaiming-normal conv weights (ReLU gain, ``mode`` ``"fan_out"`` or ``"fan_in"``)
