@@ -4,12 +4,12 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
+import transformers  # a test dependency (pyproject's test extra): never skipped
 from PIL import Image
 from timm.models._input import get_model_input_config
 
@@ -21,7 +21,6 @@ from timm_metalayers.hub.timm_layout import NoTimmTwinError, timm_state_dict, to
 from timm_metalayers.models._torchvision import TORCHVISION_TWINS
 from timm_metalayers.state_dict import checkpoint_filter_of
 
-transformers = pytest.importorskip('transformers')
 
 LABELS = ['cat', 'dog', 'emu']
 TWINS = sorted(n for n in timm.list_models('metalayers_*') if n not in TORCHVISION_TWINS)

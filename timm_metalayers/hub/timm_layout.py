@@ -5,6 +5,7 @@ family's checkpoint filter maps timm's keys onto ours, and :func:`to_timm_model`
 tensor for tensor, into a freshly built timm model. The result is checked both ways before it is returned: the
 filter maps the timm model's weights back onto exactly ours (bit for bit), and both models give the same logits.
 """
+import copy
 from typing import Callable, Dict, Optional, Tuple
 
 import timm
@@ -111,7 +112,7 @@ def to_timm_model(model: nn.Module, *, check_logits: bool = True) -> nn.Module:
     """
     name = timm_twin_name(model)
     args = _timm_args(model)
-    model_cpu = model if next(model.parameters()).device.type == 'cpu' else _cpu_copy(model)
+    model_cpu = model if next(model.parameters()).device.type == 'cpu' else copy.deepcopy(model).to('cpu')
     try:
         twin = timm.create_model(name, pretrained=False, **args)
     except Exception as e:
@@ -137,7 +138,3 @@ def to_timm_model(model: nn.Module, *, check_logits: bool = True) -> nn.Module:
     twin.pretrained_cfg = {**model.pretrained_cfg, 'architecture': name}
     return twin
 
-
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    import copy
-    return copy.deepcopy(model).to('cpu')
