@@ -152,6 +152,35 @@ def test_command_exports_a_checkpoint_and_prints_the_difference(tmp_path, capsys
                                    trained(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('timm_native', [False, True], ids=['ours', 'timm-native'])
+def test_a_fine_tuned_folder_exports_with_its_own_head(timm_native, tmp_path, capsys):
+    """A save_for_hub folder of a model with another num_classes (a fine-tuning export) exports as saved: its
+    config.json gives num_classes; a folder in timm's layout (the twin's architecture) loads through the filter.
+    Before, the model was built with the default 1000 classes and the head's shapes did not match."""
+    from timm_metalayers.hub import save_for_hub
+    torch.manual_seed(2)
+    tuned = timm.create_model(SMALL, num_classes=5).eval()
+    folder = save_for_hub(tuned, tmp_path / 'tuned', label_names=list('abcde'), timm_native=timm_native)
+    status, stdout, err = _run_cli(capsys, '--model', SMALL, '--checkpoint', folder, '--format', 'exported-program',
+                                   '--output', tmp_path / 'm.pt2', '--img-size', 64)
+    assert status == 0, err
+    program = torch.export.load(str(tmp_path / 'm.pt2'))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), tuned(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_folder_of_another_architecture_is_refused(tmp_path, capsys):
+    from timm_metalayers.hub import save_for_hub
+    folder = save_for_hub(timm.create_model('metalayers_mobilenetv3_small_075', num_classes=3), tmp_path / 'other')
+    status, out, err = _run_cli(capsys, '--model', SMALL, '--checkpoint', folder, '--format', 'onnx',
+                                '--output', tmp_path / 'm.onnx')
+    assert status == 2 and out == '' and err.count('\n') == 1
+    assert err.startswith("error: argument --checkpoint: ") and "'metalayers_mobilenetv3_small_075'" in err
+    assert f"not '{SMALL}' (or its timm twin 'mobilenetv3_small_050')" in err
+    assert not (tmp_path / 'm.onnx').exists()
+
+
 def test_pretrained_weights_come_from_the_hub(local_hub, tmp_path, capsys):
     """--pretrained: timm's twin weights from the (local) Hub, mapped by the checkpoint filter."""
     twin = timm.create_model('mobilenetv3_small_050').eval()

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     weights = p.add_mutually_exclusive_group()
     weights.add_argument('--pretrained', action='store_true', help="the model's pretrained weights from the Hub")
     weights.add_argument('--checkpoint', type=existing_path, default=None, metavar='PATH',
-                         help='weights to load (a .safetensors file or a save_for_hub folder), checked key by key')
+                         help='weights to load (a .safetensors file, or a save_for_hub folder: its config.json gives '
+                              'num_classes and model_args), checked key by key')
     p.add_argument('--format', required=True, choices=FORMATS)
     p.add_argument('--output', required=True, type=output_file, metavar='PATH',
                    help='file to write (ONNX: its weights go next to it, in PATH.data; an ExportedProgram: *.pt2)')
@@ -92,6 +93,31 @@ def create_kwargs(model: str, img_size: Optional[int]) -> Dict[str, Any]:
     return {'img_size': img_size} if img_size is not None and cfg is not None and cfg.fixed_input_size else {}
 
 
+def checkpoint_kwargs(checkpoint: Optional[Path], model: str) -> Dict[str, Any]:
+    """What a ``save_for_hub`` folder's ``config.json`` says the model was built with (``num_classes``, its
+    ``model_args``), so that a fine-tuned folder exports without restating them; ``{}`` for a weights file.
+    A folder saved for another architecture is a ``ValueError`` naming both."""
+    from ..hub.config import CONFIG_NAME, checkpoint_num_classes, read_config
+    from ..hub.timm_layout import NoTimmTwinError, timm_twin_of
+
+    if checkpoint is None or not (checkpoint / CONFIG_NAME).is_file():
+        return {}
+    cfg = read_config(checkpoint / CONFIG_NAME, f'folder {str(checkpoint)!r}')
+    arch, saved = model.split('.')[0], cfg['architecture']
+    try:
+        twin = timm_twin_of(arch)
+    except NoTimmTwinError:
+        twin = None
+    if saved not in (arch, twin):
+        raise ValueError(f'{str(checkpoint / CONFIG_NAME)!r} is for architecture {saved!r}, not {arch!r}'
+                         + (f' (or its timm twin {twin!r})' if twin else ''))
+    kwargs = dict(cfg.get('model_args') or {})
+    num_classes = checkpoint_num_classes(cfg)
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    return kwargs
+
+
 def _check_img_size(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Build and run the model on the meta device (no memory, no compute): a size it cannot take is an error."""
     if args.img_size is None:
@@ -100,7 +126,8 @@ def _check_img_size(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     smallest = f' (its smallest input is {cfg.min_input_size[-1]})' if cfg is not None and cfg.min_input_size else ''
     try:
         with torch.device('meta'):
-            model = timm.create_model(args.model, **create_kwargs(args.model, args.img_size)).eval()
+            model = timm.create_model(args.model, **args.checkpoint_kwargs,
+                                      **create_kwargs(args.model, args.img_size)).eval()
             model(torch.empty(args.batch, *model_input_size(model, args.img_size)))
     except (ValueError, RuntimeError) as e:
         parser.error(f'argument --img-size: {args.model} does not take {args.img_size}x{args.img_size} images'
@@ -120,6 +147,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             require_onnx()
         except ImportError as e:
             parser.error(f'argument --format: {e}')
+    from ..hub import HubLoadError
+    try:
+        args.checkpoint_kwargs = checkpoint_kwargs(args.checkpoint, args.model)
+    except (ValueError, OSError, HubLoadError) as e:  # HubLoadError: a config.json timm cannot read
+        parser.error(f'argument --checkpoint: {str(e).splitlines()[0]}')
     _check_img_size(parser, args)
     return args
 
@@ -133,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parse_args(argv)
     except SystemExit as e:  # --help, or a bad value already reported
         return e.code if isinstance(e.code, int) else 2
-    kwargs = create_kwargs(args.model, args.img_size)
+    kwargs = {**args.checkpoint_kwargs, **create_kwargs(args.model, args.img_size)}
     try:
         model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
         if args.checkpoint is not None:

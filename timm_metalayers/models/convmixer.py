@@ -28,9 +28,13 @@ class ConvMixerBlock(nn.Sequential):
     fewer at a time in inference; the allocator's page faults made that 4-6% of ConvMixer-1536/20's time on CPU).
     With hooks on ``channel`` itself it is called as a module, so they run."""
 
+    @torch.jit.unused
+    def _channel_hooked(self) -> bool:
+        return bool(self.channel._forward_hooks or self.channel._forward_pre_hooks)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.spatial(x)
-        if self.channel._forward_hooks or self.channel._forward_pre_hooks:
+        if not torch.jit.is_scripting() and self._channel_hooked():  # TorchScript has no module hooks
             return self.channel(x)
         for layer in self.channel:
             x = layer(x)
