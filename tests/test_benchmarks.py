@@ -53,6 +53,15 @@ def test_bench_models_quick_produces_the_table(tmp_path):
     assert _table_rows(merged, 'resnet18') == rows
 
 
+def test_convmixer_block_lifetime_reports_the_three_blocks():
+    text = _run('convmixer_block_lifetime.py', '--model', 'convmixer_768_32', '--batch', '1', '--img-size', '32',
+                '--rounds', '2')
+    lines = text.splitlines()
+    assert lines[0] == 'convmixer_768_32, batch 1, 32 px, 1 thread(s), 2 rounds'
+    assert [line.split(':')[0].strip() for line in lines[1:]] == ['timm', 'nested', 'ours']
+    assert lines[1].endswith('page faults per forward (median)') and '1.000x timm' in lines[1]
+
+
 def test_bench_layers_quick_produces_the_table():
     text = _run('bench_layers.py', '--quick', '--threads', '1')
     rows = [line for line in text.splitlines() if line.startswith('| ') and RATIO.search(line)]
