@@ -62,6 +62,14 @@ def test_convmixer_block_lifetime_reports_the_three_blocks():
     assert lines[1].endswith('page faults per forward (median)') and '1.000x timm' in lines[1]
 
 
+def test_convnext_block_norm_compares_equal_models():
+    text = _run('convnext_block_norm.py', '--batch', '1', '--img-size', '32', '--rounds', '1', '--calls', '1')
+    head, infer, train = text.splitlines()
+    assert head.endswith('largest output difference 0.00e+00')  # same keys, same weights, same numbers
+    for line, what in ((infer, 'inference: '), (train, 'training step: ')):
+        assert line.startswith(what) and 'ChannelLayerNorm / LayerNormV2 time, paired median' in line
+
+
 def test_bench_layers_quick_produces_the_table():
     text = _run('bench_layers.py', '--quick', '--threads', '1')
     rows = [line for line in text.splitlines() if line.startswith('| ') and RATIO.search(line)]
