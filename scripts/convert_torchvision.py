@@ -33,23 +33,37 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--allow-pickle', action='store_true', default=None,
                         help='allow a pickle checkpoint (read with torch.load(weights_only=True)); '
                              'TIMM_METALAYERS_ALLOW_PICKLE=1 does the same')
+    parser.add_argument('--aux-logits', action='store_true',
+                        help="metalayers_googlenet: keep the checkpoint's two auxiliary classifiers (the folder's "
+                             'config then builds the model with aux_logits=True); without it they are dropped, as '
+                             "torchvision's own pretrained googlenet drops them")
     parser.add_argument('--repo-id', default=None, help='the Hub repo the folder is meant for (model card)')
     return parser.parse_args(argv)
 
 
-def _num_classes(state_dict) -> int:
-    """The classifier's width: ``head.fc.bias`` in our naming, else the last bias (torchvision's output layer
-    is registered last: ``fc``, ``classifier.1``, ``classifier.6``)."""
+def _num_classes(state_dict, model_name: str) -> int:
+    """The classifier's width: ``head.fc.bias`` in our naming, else the bias of torchvision's output layer
+    (``fc``, ``classifier.1``, ``classifier.6``: the last bias torchvision's model registers; a safetensors file
+    lists its keys sorted, so the checkpoint's own order cannot tell)."""
+    import warnings
+
+    import torch
+    from timm_metalayers.models._torchvision import TORCHVISION_TWINS, create_torchvision_twin
+
     if 'head.fc.bias' in state_dict:
         return int(state_dict['head.fc.bias'].shape[0])
-    biases = [key for key, value in state_dict.items() if key.endswith('.bias') and value.dim() == 1]
-    if not biases:
-        raise ValueError('cannot tell the number of classes from the checkpoint (no bias); pass --num-classes')
-    return int(state_dict[biases[-1]].shape[0])
+    with warnings.catch_warnings(), torch.device('meta'):  # names only: no memory, no init
+        warnings.simplefilter('ignore')
+        twin = create_torchvision_twin(model_name)
+    key = [k for k in twin.state_dict() if k.endswith('.bias')][-1]
+    if key not in state_dict:
+        raise ValueError(f"cannot tell the number of classes: the checkpoint has no {key} (the output layer of "
+                         f"torchvision's {TORCHVISION_TWINS[model_name][0]}); pass --num-classes")
+    return int(state_dict[key].shape[0])
 
 
 def convert(checkpoint: Path, output: Path, model_name: str, *, num_classes: Optional[int] = None,
-            allow_pickle: Optional[bool] = None, repo_id: Optional[str] = None) -> Path:
+            allow_pickle: Optional[bool] = None, repo_id: Optional[str] = None, aux_logits: bool = False) -> Path:
     """Read ``checkpoint``, load it into ``model_name`` through its filter, write the Hub folder ``output``."""
     import timm
     import timm_metalayers  # noqa: F401  (registers the models)
@@ -61,15 +75,18 @@ def convert(checkpoint: Path, output: Path, model_name: str, *, num_classes: Opt
                          f'{sorted(TORCHVISION_TWINS)}')
     if not checkpoint.is_file():
         raise FileNotFoundError(f'checkpoint {str(checkpoint)!r} is not a file')
+    if aux_logits and model_name != 'metalayers_googlenet':
+        raise ValueError(f'--aux-logits is for metalayers_googlenet, not {model_name}')
     if num_classes is not None and num_classes < 1:
         raise ValueError(f'--num-classes must be a positive integer, got {num_classes}')
     state_dict = read_state_dict(checkpoint, allow_pickle=allow_pickle)
     if num_classes is None:
-        num_classes = _num_classes(state_dict)
-    model = timm.create_model(model_name, num_classes=num_classes)
+        num_classes = _num_classes(state_dict, model_name)
+    model_args = {'aux_logits': True} if aux_logits else None
+    model = timm.create_model(model_name, num_classes=num_classes, **(model_args or {}))
     load_weights(model, state_dict)
     tv_name = TORCHVISION_TWINS[model_name][0]
-    return save_for_hub(model.eval(), output, repo_id=repo_id, license='bsd-3-clause',
+    return save_for_hub(model.eval(), output, repo_id=repo_id, license='bsd-3-clause', model_args=model_args,
                         description=f'{model_name} with the weights of a torchvision `{tv_name}` checkpoint '
                                     f'({checkpoint.name}), converted by scripts/convert_torchvision.py.')
 
@@ -78,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         out = convert(args.checkpoint, args.output, args.model, num_classes=args.num_classes,
-                      allow_pickle=args.allow_pickle, repo_id=args.repo_id)
+                      allow_pickle=args.allow_pickle, repo_id=args.repo_id, aux_logits=args.aux_logits)
     except (OSError, ValueError, TypeError, KeyError) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f'{PROG}: error: {message}', file=sys.stderr)

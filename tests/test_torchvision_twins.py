@@ -380,12 +380,35 @@ def test_convert_script(twins, tmp_path, monkeypatch, capsys):
         torch.testing.assert_close(model(x), torch.relu(ref.classifier[1](ref.features(x))).mean((2, 3))[:, :10])
 
 
+def test_convert_script_keeps_googlenet_aux_heads_on_request(twins, tmp_path):
+    """--aux-logits keeps the checkpoint's auxiliary classifiers, and the folder rebuilds a model that has them;
+    without it they are dropped (torchvision's pretrained googlenet drops them too). The checkpoint is a
+    safetensors file, whose keys come sorted: the class count once came from the last bias in the file (a
+    128-channel norm of inception5b here) instead of torchvision's fc."""
+    script = _script()
+    ref, path = twins('metalayers_googlenet')
+    expected = load_weights(timm.create_model('metalayers_googlenet', aux_logits=True), ref.state_dict()).state_dict()
+    assert any(k.startswith('aux_head1.') for k in expected)
+    for aux, out in ((True, tmp_path / 'aux'), (False, tmp_path / 'plain')):
+        argv = [path, str(out), '--model', 'metalayers_googlenet'] + (['--aux-logits'] if aux else [])
+        assert script.main(argv) == 0
+        model = timm.create_model(f'local-dir:{out}', pretrained=True)
+        assert model.aux_logits is aux
+        saved = model.state_dict()
+        assert set(saved) == {k for k in expected if aux or not k.startswith('aux_head')}
+        for key, value in saved.items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('args, message', [
     (['{missing}', '{out}', '--model', 'metalayers_alexnet'], 'is not a file'),
     (['{pth}', '{out}', '--model', 'metalayers_resnet18'], 'not a twin of a torchvision model'),
     (['{pth}', '{out}', '--model', 'metalayers_alexnet', '--allow-pickle', '--num-classes', '1000'],
      'checkpoint does not fit'),
     (['{pth}', '{out}', '--model', 'metalayers_squeezenet1_1', '--num-classes', '0'], 'positive integer'),
+    (['{pth}', '{out}', '--model', 'metalayers_alexnet', '--aux-logits'], '--aux-logits is for metalayers_googlenet'),
+    (['{pth}', '{out}', '--model', 'metalayers_squeezenet1_1', '--allow-pickle'],
+     "the checkpoint has no classifier.1.bias (the output layer of torchvision's squeezenet1_1); pass --num-classes"),
 ])
 def test_convert_script_errors(args, message, tmp_path, capsys):
     pth = tmp_path / 'sq.pth'
