@@ -35,9 +35,9 @@ def convnext_block(planes: int, drop_path: Optional[float] = 0.0, ls_init_value:
     ``conv_dw`` (depthwise ``kernel_size`` conv) → ``to_nhwc`` (``swapdims``) → ``norm`` → ``mlp``
     (``mlp_block``) → ``ls`` (``LayerScale``) → ``to_nchw``, with ``StochasticDepth(drop_path)``.
 
-    ``norm`` is a channels-last ``LayerNormV2`` (eps 1e-6) by default: measured faster on CPU than a
-    ``ChannelLayerNorm`` before the permute, with the same keys and numbers. A ``norm_layer`` is an NCHW norm
-    and goes before ``to_nhwc``; the entries keep their names either way.
+    ``norm`` is a channels-last ``LayerNormV2`` (eps 1e-6) by default, timm's order of operations (as fast as a
+    ``ChannelLayerNorm`` before the permute, with the same keys and numbers: BENCHMARKS.md). A ``norm_layer`` is an
+    NCHW norm and goes before ``to_nhwc``; the entries keep their names either way.
     """
     check_positive_int(planes, 'planes')
     if check_real(mlp_ratio, 'mlp_ratio') <= 0:
