@@ -154,18 +154,19 @@ def test_command_exports_a_checkpoint_and_prints_the_difference(tmp_path, capsys
 
 @pytest.mark.parametrize('timm_native', [False, True], ids=['ours', 'timm-native'])
 def test_a_fine_tuned_folder_exports_with_its_own_head(timm_native, tmp_path, capsys):
-    """A save_for_hub folder of a model with another num_classes (a fine-tuning export) exports as saved: its
-    config.json gives num_classes; a folder in timm's layout (the twin's architecture) loads through the filter.
+    """A save_for_hub folder of a model with other num_classes and in_chans (a fine-tuning export) exports as
+    saved: its config.json gives num_classes and model_args; a folder in timm's layout (the twin's architecture) loads through the filter.
     Before, the model was built with the default 1000 classes and the head's shapes did not match."""
     from timm_metalayers.hub import save_for_hub
     torch.manual_seed(2)
-    tuned = timm.create_model(SMALL, num_classes=5).eval()
+    tuned = timm.create_model(SMALL, num_classes=5, in_chans=1).eval()
     folder = save_for_hub(tuned, tmp_path / 'tuned', label_names=list('abcde'), timm_native=timm_native)
     status, stdout, err = _run_cli(capsys, '--model', SMALL, '--checkpoint', folder, '--format', 'exported-program',
                                    '--output', tmp_path / 'm.pt2', '--img-size', 64)
     assert status == 0, err
+    assert 'on inputs (1, 1, 64, 64)' in stdout  # in_chans from the folder's model_args
     program = torch.export.load(str(tmp_path / 'm.pt2'))
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), tuned(x), rtol=1e-4, atol=1e-5)
 
